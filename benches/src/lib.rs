@@ -1,0 +1,1 @@
+//! Benchmarks for mesh live in `benches/`.

@@ -1,0 +1,1 @@
+//! The thin mesh binaries live in this package as `[[example]]` targets: `sidecar` and `demo`.

@@ -1,0 +1,127 @@
+//! The response body the proxy hands back to its HTTP server.
+//!
+//! A response either streams from the upstream or was made by the proxy itself (an error
+//! response). One enum, rather than a boxed trait object, keeps the per-request path free of
+//! an allocation, and lets a pooled HTTP/1 connection go back to its pool exactly when the
+//! upstream body ends cleanly.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::client::pool::Returner;
+
+pin_project! {
+    /// A response body: streamed from the upstream, or produced locally.
+    #[derive(Debug)]
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+        // Returns the upstream HTTP/1 connection to its pool when the body ends cleanly.
+        on_eos: Option<Returner>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Upstream { #[pin] body: Incoming },
+        Local { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A body streamed from an upstream response.
+    pub fn upstream(body: Incoming) -> Self {
+        Self { kind: Kind::Upstream { body }, on_eos: None }
+    }
+
+    /// A body made by the proxy.
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        let data = if data.is_empty() { None } else { Some(data) };
+        Self { kind: Kind::Local { data }, on_eos: None }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { kind: Kind::Local { data: None }, on_eos: None }
+    }
+
+    pub(crate) fn with_returner(mut self, returner: Returner) -> Self {
+        if self.is_end_stream() {
+            returner.give_back();
+        } else {
+            self.on_eos = Some(returner);
+        }
+        self
+    }
+}
+
+fn body_ended(kind: &Pin<&mut Kind>) -> bool {
+    match &**kind {
+        Kind::Upstream { body } => body.is_end_stream(),
+        Kind::Local { data } => data.is_none(),
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        match this.kind.as_mut().project() {
+            KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Upstream { body } => {
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(_))) | Poll::Ready(None) => {
+                        // hyper stops polling once `is_end_stream` is true, so the last
+                        // frame, not only the final `None`, returns the connection.
+                        let ended = matches!(polled, Poll::Ready(None)) || body_ended(&this.kind);
+                        if ended {
+                            if let Some(r) = this.on_eos.take() {
+                                r.give_back();
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken upstream body: never reuse that connection.
+                        this.on_eos.take();
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local { data } => data.is_none(),
+            Kind::Upstream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream { body } => body.size_hint(),
+        }
+    }
+}

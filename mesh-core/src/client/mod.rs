@@ -1,0 +1,259 @@
+//! HTTP clients to one upstream endpoint: pooled HTTP/1 connections and one multiplexed
+//! HTTP/2 connection.
+//!
+//! [`HttpEndpoint`] is the last stage of the request path (DESIGN.md §3, "per endpoint"): it
+//! owns the connections to one address, opened through a connect service (plain TCP today;
+//! mTLS wraps it later), and sends each request in the HTTP version it arrived in, so an h2c
+//! client keeps HTTP/2 end to end and gRPC trailers pass through untouched.
+//!
+//! Built on `hyper::client::conn` directly rather than hyper-util's pooled `Client`: the
+//! endpoint is already known, so the pool needs no per-request key hashing, URI rewriting or
+//! spawned task (see `performance.md` §3).
+//!
+//! HTTP/1 connections are reused after their response ends; a request that a pooled
+//! connection could not even start sending (the upstream closed it while idle) is sent again
+//! on a fresh connection, which is safe because no byte of it left the proxy.
+
+pub(crate) mod pool;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::body::ProxyBody;
+use crate::connect::TcpConnect;
+
+use self::pool::{IdleList, Returner};
+
+/// Limits and tuning for the connections to one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Idle HTTP/1 connections kept per endpoint. Default: 256.
+    pub max_idle_per_endpoint: usize,
+    /// How long an idle HTTP/1 connection is kept. Default: 30s.
+    pub idle_timeout: Duration,
+    /// Largest response head accepted from an upstream, in bytes. Default: 64 KiB.
+    pub max_response_header_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: 256,
+            idle_timeout: Duration::from_secs(30),
+            max_response_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The upstream failed the exchange after the connection was open: it closed early, sent
+/// malformed HTTP, or reset the stream.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {addr}: {source}")]
+pub struct UpstreamError {
+    addr: SocketAddr,
+    #[source]
+    source: hyper::Error,
+}
+
+impl UpstreamError {
+    /// The endpoint that failed.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The underlying hyper error.
+    pub fn hyper_error(&self) -> &hyper::Error {
+        &self.source
+    }
+}
+
+/// Connections to one upstream address, shared by every request to it.
+pub struct HttpEndpoint<C = TcpConnect> {
+    inner: Arc<Inner<C>>,
+}
+
+struct Inner<C> {
+    addr: SocketAddr,
+    connect: C,
+    config: ClientConfig,
+    idle: Arc<IdleList>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl<C> Clone for HttpEndpoint<C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<C> std::fmt::Debug for HttpEndpoint<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpEndpoint").field("addr", &self.inner.addr).finish_non_exhaustive()
+    }
+}
+
+impl<C, I> HttpEndpoint<C>
+where
+    C: Service<SocketAddr, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    /// Connections to `addr`, opened with `connect`.
+    pub fn new(addr: SocketAddr, connect: C, config: ClientConfig) -> Self {
+        let idle = Arc::new(IdleList::new(config.max_idle_per_endpoint, config.idle_timeout));
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                connect,
+                config,
+                idle,
+                h2: Mutex::new(None),
+                h2_connecting: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Closes idle connections past their idle timeout; returns how many idle HTTP/1
+    /// connections remain.
+    pub fn evict_expired(&self) -> usize {
+        self.inner.idle.evict_expired()
+    }
+
+    /// Sends `req` in its own HTTP version and returns the upstream's response.
+    ///
+    /// A `101 Switching Protocols` response (or a 2xx answer to `CONNECT`) leaves its
+    /// connection to the caller's upgrade; it never returns to the pool.
+    ///
+    /// # Errors
+    ///
+    /// The connect service's errors, or [`UpstreamError`].
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+        if req.version() == Version::HTTP_2 {
+            self.send_h2(req).await
+        } else {
+            self.send_h1(req).await
+        }
+    }
+
+    async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+        let addr = self.inner.addr;
+        let is_connect = req.method() == Method::CONNECT;
+        let mut req = req;
+        // At most one retry, and only for a pooled connection that closed before the
+        // request started: then the upstream cannot have seen any of it.
+        let (mut sender, reused) = match self.inner.idle.checkout() {
+            Some(s) => (s, true),
+            None => (self.connect_h1().await?, false),
+        };
+        let mut may_retry = reused;
+        let res = loop {
+            if let Err(source) = sender.ready().await {
+                if may_retry {
+                    may_retry = false;
+                    sender = self.connect_h1().await?;
+                    continue;
+                }
+                return Err(UpstreamError { addr, source }.into());
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => break res,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if may_retry => {
+                        tracing::debug!(%addr, error = %e.error(), "pooled connection closed; reconnecting");
+                        may_retry = false;
+                        req = unsent;
+                        sender = self.connect_h1().await?;
+                    }
+                    _ => return Err(UpstreamError { addr, source: e.into_error() }.into()),
+                },
+            }
+        };
+        let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (is_connect && res.status().is_success());
+        let res = res.map(ProxyBody::upstream);
+        if upgraded {
+            return Ok(res);
+        }
+        let returner = Returner::new(sender, Arc::downgrade(&self.inner.idle));
+        Ok(res.map(|b| b.with_returner(returner)))
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, BoxError> {
+        let addr = self.inner.addr;
+        let io = self.inner.connect.clone().call(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.inner.config.max_response_header_bytes.max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+        let addr = self.inner.addr;
+        let mut sender = self.h2_sender().await?;
+        sender.ready().await.map_err(|source| UpstreamError { addr, source })?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError { addr, source })?;
+        Ok(res.map(ProxyBody::upstream))
+    }
+
+    async fn h2_sender(&self) -> Result<http2::SendRequest<Incoming>, BoxError> {
+        if let Some(s) = self.cached_h2() {
+            return Ok(s);
+        }
+        // One connect at a time, so a burst of first requests shares one connection.
+        let _connecting = self.inner.h2_connecting.lock().await;
+        if let Some(s) = self.cached_h2() {
+            return Ok(s);
+        }
+        let addr = self.inner.addr;
+        let io = self.inner.connect.clone().call(addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(u32::try_from(self.inner.config.max_response_header_bytes).unwrap_or(u32::MAX))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%addr, %error, "upstream HTTP/2 connection failed");
+            }
+        });
+        *self.inner.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn cached_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+        let mut slot = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+}

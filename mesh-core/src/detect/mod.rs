@@ -1,0 +1,344 @@
+//! Protocol detection: classify a new connection from its first bytes.
+//!
+//! A transparent proxy does not know what a client will speak. Before it can choose between
+//! an HTTP server and a byte-level TCP forward it reads the first bytes of the connection and
+//! classifies them as an HTTP/2 prior-knowledge preface, an HTTP/1 request line, a TLS
+//! ClientHello (recording SNI and ALPN) or, failing all of those, opaque TCP.
+//!
+//! Detection is bounded in bytes ([`DetectConfig::max_bytes`]) and in time
+//! ([`DetectConfig::timeout`]). A timeout is not an error: a client that has not spoken yet may
+//! be waiting for a server-speaks-first greeting (SMTP, MySQL), so the connection falls back to
+//! opaque forwarding. Ports known to carry such protocols skip detection entirely (the proxy's
+//! `opaque_ports`), so their clients see no added delay at all.
+//!
+//! The bytes read are never lost: [`detect`] returns them inside a [`PrefixedIo`], which
+//! replays them before reading from the socket again.
+//!
+//! This sits at the very start of both the inbound and the outbound connection paths,
+//! before any HTTP server or TCP forwarder.
+//!
+//! ```
+//! use mesh_core::detect::{classify, Classification, Protocol};
+//!
+//! let c = classify(b"GET /hello HTTP/1.1\r\nHost: example\r\n\r\n");
+//! assert_eq!(c, Classification::Done(Protocol::Http1));
+//! ```
+
+mod tls;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::io::PrefixedIo;
+
+pub use self::tls::ClientHello;
+
+/// The HTTP/2 connection preface a prior-knowledge client sends first (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The longest HTTP/1 request line detection waits for before giving up on HTTP/1.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// What a connection turned out to speak.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// An HTTP/1.x request line.
+    Http1,
+    /// The HTTP/2 prior-knowledge preface.
+    Http2,
+    /// A TLS ClientHello; the proxy forwards it untouched.
+    Tls(ClientHello),
+    /// Anything else, including clients that sent nothing before the timeout.
+    Opaque,
+}
+
+impl Protocol {
+    /// The label value used for `mesh_detect_total{protocol}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1",
+            Protocol::Http2 => "http/2",
+            Protocol::Tls(_) => "tls",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// How detection ended, for metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The first bytes identified the protocol.
+    Detected(Protocol),
+    /// The client sent nothing conclusive before the timeout; forwarded as opaque.
+    Timeout,
+    /// The client closed before sending anything conclusive; whatever it sent is forwarded
+    /// as opaque.
+    Eof,
+}
+
+impl Outcome {
+    /// The protocol the connection is handled as.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Outcome::Detected(p) => p.clone(),
+            Outcome::Timeout | Outcome::Eof => Protocol::Opaque,
+        }
+    }
+
+    /// The label value used for `mesh_detect_total{protocol}`: the protocol, or
+    /// `timeout` when detection gave up waiting.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Detected(p) => p.label(),
+            Outcome::Timeout => "timeout",
+            Outcome::Eof => "opaque",
+        }
+    }
+}
+
+/// Result of classifying a buffer that may still be incomplete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Classification {
+    /// The bytes so far decide the protocol.
+    Done(Protocol),
+    /// The bytes so far are a prefix of something recognisable; read more.
+    NeedMore,
+}
+
+/// Bounds on detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectConfig {
+    /// How long to wait for conclusive bytes. Default: 1s.
+    pub timeout: Duration,
+    /// The most bytes read while detecting. Default: 16 KiB + 5 (one full TLS record).
+    pub max_bytes: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            max_bytes: tls::MAX_RECORD + tls::RECORD_HEADER,
+        }
+    }
+}
+
+/// Classifies the first bytes of a connection.
+///
+/// Pure and allocation-free; [`detect`] calls it after every read.
+pub fn classify(buf: &[u8]) -> Classification {
+    if buf.is_empty() {
+        return Classification::NeedMore;
+    }
+    // The h2 preface also parses as an HTTP/1 request line, so it is checked first.
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Classification::Done(Protocol::Http2)
+        } else {
+            Classification::NeedMore
+        };
+    }
+    if buf[0] == tls::CONTENT_TYPE_HANDSHAKE {
+        return match tls::parse_client_hello(buf) {
+            tls::Parse::Hello(hello) => Classification::Done(Protocol::Tls(hello)),
+            tls::Parse::Incomplete => Classification::NeedMore,
+            tls::Parse::NotTls => Classification::Done(Protocol::Opaque),
+        };
+    }
+    classify_http1(buf)
+}
+
+/// An HTTP/1 request line, judged by httparse once the line is complete.
+fn classify_http1(buf: &[u8]) -> Classification {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        // Before the line ends, reject early anything that cannot be a request line, so a
+        // binary client-speaks-first protocol is not held until the timeout.
+        let plausible = buf.len() <= MAX_REQUEST_LINE
+            && buf.iter().all(|&b| b == b'\r' || (0x20..0x7f).contains(&b));
+        return if plausible {
+            Classification::NeedMore
+        } else {
+            Classification::Done(Protocol::Opaque)
+        };
+    };
+    let mut line = [0u8; 64];
+    let line_len = end + 1;
+    // httparse needs the terminating empty line to report the head complete. Only the
+    // request line is judged, so a copy of it plus "\r\n" is parsed; long targets are
+    // checked in place with a heap copy.
+    let mut heap;
+    let head: &[u8] = if line_len + 2 <= line.len() {
+        line[..line_len].copy_from_slice(&buf[..line_len]);
+        line[line_len..line_len + 2].copy_from_slice(b"\r\n");
+        &line[..line_len + 2]
+    } else {
+        heap = Vec::with_capacity(line_len + 2);
+        heap.extend_from_slice(&buf[..line_len]);
+        heap.extend_from_slice(b"\r\n");
+        &heap
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) if req.version.is_some() => {
+            Classification::Done(Protocol::Http1)
+        }
+        _ => Classification::Done(Protocol::Opaque),
+    }
+}
+
+/// Reads from `io` until its protocol is known, the byte bound is reached, the client closes,
+/// or the timeout passes, and returns the outcome with the connection whose read side replays
+/// every byte consumed.
+///
+/// # Errors
+///
+/// Only I/O errors reading the socket; a timeout or an unrecognised protocol is an
+/// [`Outcome`], not an error.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: bytes read before cancellation are lost with the future.
+pub async fn detect<I>(config: DetectConfig, mut io: I) -> std::io::Result<(Outcome, PrefixedIo<I>)>
+where
+    I: AsyncRead + Unpin,
+{
+    // Most first reads are a whole request head; start small and grow only for long
+    // ClientHellos or request lines.
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let outcome = loop {
+        if buf.len() >= config.max_bytes {
+            break Outcome::Detected(Protocol::Opaque);
+        }
+        if buf.capacity() == buf.len() {
+            let grow = buf.capacity().min(config.max_bytes - buf.len());
+            buf.reserve(grow.max(1));
+        }
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        match read {
+            Err(_elapsed) => break Outcome::Timeout,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => break Outcome::Eof,
+            Ok(Ok(_)) => {
+                let limit = buf.len().min(config.max_bytes);
+                if let Classification::Done(p) = classify(&buf[..limit]) {
+                    break Outcome::Detected(p);
+                }
+            }
+        }
+    };
+    Ok((outcome, PrefixedIo::new(buf.freeze(), io)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classifies_http1_request_lines() {
+        for line in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /a?b=c HTTP/1.0\r\nHost: x\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\n",
+        ] {
+            assert_eq!(classify(line), Classification::Done(Protocol::Http1), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn long_request_targets_are_http1() {
+        let mut line = b"GET /".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 4000));
+        line.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(classify(&line), Classification::Done(Protocol::Http1));
+    }
+
+    #[test]
+    fn partial_request_lines_need_more() {
+        assert_eq!(classify(b"GE"), Classification::NeedMore);
+        assert_eq!(classify(b"GET /index.html HTTP/1."), Classification::NeedMore);
+    }
+
+    #[test]
+    fn h2_preface_wins_over_http1() {
+        assert_eq!(classify(H2_PREFACE), Classification::Done(Protocol::Http2));
+        assert_eq!(classify(&H2_PREFACE[..10]), Classification::NeedMore);
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4]);
+        assert_eq!(classify(&more), Classification::Done(Protocol::Http2));
+    }
+
+    #[test]
+    fn binary_and_banner_protocols_are_opaque() {
+        // A PostgreSQL startup message, a Redis inline command with a bad version, SSH.
+        assert_eq!(classify(&[0, 0, 0, 8, 4, 210, 22, 47]), Classification::Done(Protocol::Opaque));
+        assert_eq!(classify(b"PING\r\n"), Classification::Done(Protocol::Opaque));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n"), Classification::Done(Protocol::Opaque));
+        assert_eq!(classify(b"GET / HTTP/3.0\r\n"), Classification::Done(Protocol::Opaque));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_client_times_out_to_opaque() {
+        let (client, server) = tokio::io::duplex(64);
+        let cfg = DetectConfig::default();
+        let start = tokio::time::Instant::now();
+        let (outcome, io) = detect(cfg, server).await.expect("detect");
+        assert_eq!(outcome, Outcome::Timeout);
+        assert_eq!(outcome.protocol(), Protocol::Opaque);
+        assert_eq!(start.elapsed(), cfg.timeout);
+        assert!(io.prefix().is_empty());
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_are_replayed() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let (outcome, mut io) = detect(DetectConfig::default(), server).await.expect("detect");
+        assert_eq!(outcome, Outcome::Detected(Protocol::Http1));
+        client.write_all(b"tail").await.expect("write");
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.expect("read");
+        assert_eq!(all, b"GET / HTTP/1.1\r\nHost: a\r\n\r\ntail");
+    }
+
+    #[tokio::test]
+    async fn request_line_split_across_reads() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(detect(DetectConfig::default(), server));
+        client.write_all(b"GET /sl").await.expect("write");
+        tokio::task::yield_now().await;
+        client.write_all(b"ow HTTP/1.1\r\n").await.expect("write");
+        let (outcome, io) = task.await.expect("join").expect("detect");
+        assert_eq!(outcome, Outcome::Detected(Protocol::Http1));
+        assert_eq!(&io.prefix()[..], b"GET /slow HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn early_eof_is_opaque_with_bytes_kept() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GE").await.expect("write");
+        drop(client);
+        let (outcome, io) = detect(DetectConfig::default(), server).await.expect("detect");
+        assert_eq!(outcome, Outcome::Eof);
+        assert_eq!(&io.prefix()[..], b"GE");
+    }
+
+    #[tokio::test]
+    async fn byte_bound_holds() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        // A request line that never ends and stays printable.
+        client.write_all(&vec![b'a'; 20_000]).await.expect("write");
+        let cfg = DetectConfig { max_bytes: 4096, ..DetectConfig::default() };
+        let (outcome, io) = detect(cfg, server).await.expect("detect");
+        assert_eq!(outcome.protocol(), Protocol::Opaque);
+        assert!(io.prefix().len() <= 4096 + 4096);
+    }
+}

@@ -1,0 +1,234 @@
+//! The one place where a failed request becomes a response.
+//!
+//! Every stage of the request path raises a small named error where the failure happens
+//! ([`ConnectError`], [`ConnectTimeout`], [`UpstreamError`], [`BadRequest`], ...), boxed as a
+//! [`BoxError`]. The proxy's HTTP server hands any such error to [`error_response`], which
+//! classifies it once: HTTP status, the `l5d-proxy-error` header naming the cause, whether
+//! the client connection must close, and for gRPC requests a `grpc-status` and
+//! `grpc-message` in a trailers-only response instead of an HTTP error status (gRPC clients
+//! read the status from there, not from the HTTP status).
+//!
+//! Later stages (timeouts, balancers, routers) add their errors to [`classify`] and nowhere
+//! else.
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::BoxError;
+use crate::body::ProxyBody;
+use crate::client::UpstreamError;
+use crate::connect::{ConnectError, ConnectTimeout};
+
+/// The response header that says why the proxy, not the upstream, failed a request.
+pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
+
+/// The request is malformed or ambiguous in a way that must not be forwarded (HTTP/1
+/// framing ambiguities). The client connection is closed after the response, because the
+/// proxy cannot know where the next request would begin.
+#[derive(Debug, thiserror::Error)]
+#[error("bad request: {reason}")]
+pub struct BadRequest {
+    reason: &'static str,
+}
+
+impl BadRequest {
+    /// A bad request for `reason`.
+    pub fn new(reason: &'static str) -> Self {
+        Self { reason }
+    }
+
+    /// Why the request was rejected.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+/// gRPC status codes the proxy answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrpcCode {
+    /// `INTERNAL` (13).
+    Internal,
+    /// `UNAVAILABLE` (14).
+    Unavailable,
+    /// `DEADLINE_EXCEEDED` (4).
+    DeadlineExceeded,
+}
+
+impl GrpcCode {
+    /// The numeric code.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            GrpcCode::Internal => 13,
+            GrpcCode::Unavailable => 14,
+            GrpcCode::DeadlineExceeded => 4,
+        }
+    }
+}
+
+/// How an error is answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classified {
+    /// HTTP status for non-gRPC requests.
+    pub status: StatusCode,
+    /// gRPC status for gRPC requests.
+    pub grpc: GrpcCode,
+    /// Whether the client connection must close after the response.
+    pub close: bool,
+    /// The human-readable cause, sent in `l5d-proxy-error` (and `grpc-message`).
+    pub message: String,
+}
+
+/// Classifies an error from the request path.
+pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
+    let message = chain_message(error);
+    let (status, grpc, close) = if let Some(e) = find::<BadRequest>(error) {
+        let _ = e;
+        (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
+    } else if find::<ConnectTimeout>(error).is_some() {
+        (StatusCode::GATEWAY_TIMEOUT, GrpcCode::Unavailable, false)
+    } else if find::<ConnectError>(error).is_some() {
+        (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
+    } else if let Some(e) = find::<UpstreamError>(error) {
+        if downstream_body_failed(e.hyper_error()) {
+            // The client's own request body was malformed (bad chunk size) or cut off.
+            (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
+        } else if e.hyper_error().is_timeout() {
+            (StatusCode::GATEWAY_TIMEOUT, GrpcCode::DeadlineExceeded, false)
+        } else {
+            (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
+        }
+    } else {
+        (StatusCode::BAD_GATEWAY, GrpcCode::Internal, false)
+    };
+    Classified { status, grpc, close, message }
+}
+
+/// Turns `error` into the response the client receives; `grpc` says whether the request was
+/// a gRPC call (its `content-type` starts with `application/grpc`).
+pub fn error_response(error: &BoxError, grpc: bool) -> Response<ProxyBody> {
+    let c = classify(error.as_ref());
+    let header = header_value(&c.message);
+    let mut res = if grpc {
+        let mut res = Response::new(ProxyBody::empty());
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(c.grpc.as_u8())));
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&c.message)) {
+            h.insert("grpc-message", v);
+        }
+        res
+    } else {
+        let body = Bytes::from(format!("{}\n", c.message));
+        let mut res = Response::new(ProxyBody::local(body.clone()));
+        *res.status_mut() = c.status;
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        res
+    };
+    res.headers_mut().insert(L5D_PROXY_ERROR, header);
+    if c.close {
+        res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+fn find<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// hyper reports a failure of the request body it was sending as a "user body" error
+/// whose source is the error of the body itself: the downstream connection's.
+fn downstream_body_failed(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    e.is_user() && e.source().is_some_and(|s| s.is::<hyper::Error>())
+}
+
+fn chain_message(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = error.to_string();
+    let mut cur = error.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = e.source();
+    }
+    msg
+}
+
+/// A header-safe rendering of `message`: visible ASCII only, bounded in length.
+fn header_value(message: &str) -> HeaderValue {
+    let clean: String = message
+        .chars()
+        .take(256)
+        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
+}
+
+/// gRPC's `grpc-message` encoding: percent-encode everything outside printable ASCII and `%`.
+fn percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes().take(512) {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_closes_with_400() {
+        let e: BoxError = BadRequest::new("both content-length and transfer-encoding").into();
+        let res = error_response(&e, false);
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()[CONNECTION], "close");
+        let hdr = res.headers()[L5D_PROXY_ERROR].to_str().expect("ascii");
+        assert!(hdr.contains("content-length"), "{hdr}");
+    }
+
+    #[tokio::test]
+    async fn connect_failures_are_502_or_grpc_unavailable() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        drop(l);
+        let e = crate::connect::TcpConnect::default().connect(addr).await.expect_err("refused");
+        let res = error_response(&e, false);
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+        assert!(res.headers()[L5D_PROXY_ERROR].to_str().expect("ascii").contains(&addr.to_string()));
+        let res = error_response(&e, true);
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert!(res.headers().contains_key("grpc-message"));
+    }
+
+    #[test]
+    fn unknown_errors_are_502_and_keep_the_connection() {
+        let e: BoxError = "something odd".into();
+        let c = classify(e.as_ref());
+        assert_eq!(c.status, StatusCode::BAD_GATEWAY);
+        assert!(!c.close);
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
+    }
+}

@@ -1,0 +1,116 @@
+//! Hop-by-hop header handling (RFC 9110 §7.6.1).
+//!
+//! Headers that describe one connection, not the message, must not cross the proxy: the
+//! `Connection` header, every header it names, and the well-known hop-by-hop fields. hyper
+//! re-frames every forwarded message itself (its framing is the smuggling defence), so
+//! `Transfer-Encoding` is dropped too and hyper chooses the framing for the next hop.
+//!
+//! Two exceptions keep end-to-end features working: an upgrade request (WebSocket) keeps
+//! `Connection: upgrade` and `Upgrade` so the upstream can answer `101`, and `TE: trailers`
+//! is kept because gRPC over HTTP/2 requires it.
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+
+/// Whether these request headers ask for an HTTP/1.1 protocol upgrade.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes hop-by-hop headers in place. With `upgrade`, the headers that carry the upgrade
+/// request or its `101` answer are kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // The common case has no `Connection` header and no hop-by-hop fields at all; check
+    // before touching the map.
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if upgrade && name == UPGRADE {
+                continue;
+            }
+            headers.remove(&name);
+        }
+        if upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(CONNECTION);
+        }
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    if !upgrade {
+        headers.remove(UPGRADE);
+    }
+    if let Some(te) = headers.get(TE) {
+        let trailers = te
+            .to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn strips_connection_and_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut h = map(&[("connection", "Upgrade, keep-alive"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn upgrade_header_without_connection_is_not_an_upgrade() {
+        let mut h = map(&[("upgrade", "websocket")]);
+        assert!(!wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+}
