@@ -1,1 +1,101 @@
-fn main(){}
+//! The mesh sidecar: an outbound listener, an inbound listener and an admin server, next to
+//! one application.
+//!
+//! ```text
+//! cargo run --release --example sidecar -- --outbound-target 127.0.0.1:8080
+//! cargo run --release --example sidecar -- --config examples/config/sidecar.toml
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mesh_proxy::Proxy;
+use mesh_proxy::config::Config;
+use mesh_proxy::telemetry;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Command-line flags; each overrides the matching key of the config file.
+#[derive(Debug, Parser)]
+#[command(name = "sidecar", version, about = "mesh sidecar proxy")]
+struct Args {
+    /// TOML configuration file (see examples/config/sidecar.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Admin server address (admin.listen).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Outbound listener address (outbound.listen).
+    #[arg(long, value_name = "ADDR")]
+    outbound_listen: Option<SocketAddr>,
+    /// Where outbound traffic goes without an original destination (outbound.target).
+    #[arg(long, value_name = "ADDR")]
+    outbound_target: Option<SocketAddr>,
+    /// Inbound listener address (inbound.listen).
+    #[arg(long, value_name = "ADDR")]
+    inbound_listen: Option<SocketAddr>,
+    /// The local application, for inbound traffic (inbound.target).
+    #[arg(long, value_name = "ADDR")]
+    inbound_target: Option<SocketAddr>,
+    /// Initial log filter, e.g. `info` or `mesh_proxy=debug` (changeable via PUT /log-level).
+    #[arg(long, env = "MESH_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::builder().parse(&args.log).context("invalid --log filter")?;
+    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    apply_flags(&mut config, &args);
+
+    config.validate().context("invalid configuration (after applying flags)")?;
+
+    let recorder = telemetry::prometheus_recorder()?;
+    let prometheus = recorder.handle();
+    metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
+    telemetry::describe_metrics();
+
+    // One core by default: a current-thread runtime is the fastest for a sidecar
+    // (performance.md §4) and keeps idle memory small.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let proxy = Proxy::new(config).with_prometheus(prometheus).with_log_level(log_handle);
+        let shutdown = proxy.shutdown_handle();
+        let bound = proxy.bind().await?;
+        tokio::spawn(async move {
+            if let Err(error) = mesh_proxy::signal().await {
+                tracing::error!(%error, "cannot watch for signals");
+                return;
+            }
+            shutdown.trigger();
+        });
+        bound.run().await;
+        Ok(())
+    })
+}
+
+fn apply_flags(config: &mut Config, args: &Args) {
+    if let Some(a) = args.admin_listen {
+        config.admin.listen = a;
+    }
+    if let Some(a) = args.outbound_listen {
+        config.outbound.listen = Some(a);
+    }
+    if let Some(a) = args.outbound_target {
+        config.outbound.target = Some(a);
+    }
+    if let Some(a) = args.inbound_listen {
+        config.inbound.listen = Some(a);
+    }
+    if let Some(a) = args.inbound_target {
+        config.inbound.target = Some(a);
+    }
+}

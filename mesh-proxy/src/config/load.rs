@@ -1,0 +1,307 @@
+//! Loading and validating a configuration file, with errors that point at the problem.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::Config;
+
+/// A configuration file that could not be used.
+///
+/// Its message names the file, the line, the key and the offending value, e.g.
+/// `sidecar.toml:7:10: key limits.idle_timeout = "soon": invalid duration`.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    file: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    key: String,
+    value: Option<String>,
+    reason: String,
+}
+
+impl ConfigError {
+    /// The dotted key the problem is at (`limits.idle_timeout`), empty for whole-file errors.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The 1-based line of the problem, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The offending value as written, when known.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if !self.key.is_empty() {
+            write!(f, "key {}", self.key)?;
+            if let Some(v) = &self.value {
+                write!(f, " = {v}")?;
+            }
+            write!(f, ": ")?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file, line, key and value of the first problem, or the
+    /// I/O error reading the file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: None,
+            column: None,
+            key: String::new(),
+            value: None,
+            reason: format!("cannot read file: {e}"),
+        })?;
+        Config::from_toml(&name, &text)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the file, line, key and value of the first problem.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, String::new(), &e))?;
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            toml_error(file, text, key, e.inner())
+        })?;
+        cfg.fill_defaults();
+        cfg.check().map_err(|(key, value, reason)| {
+            let line = locate(text, key);
+            ConfigError { file: file.to_owned(), line, column: None, key: key.to_owned(), value: Some(value), reason }
+        })?;
+        Ok(cfg)
+    }
+
+    /// Validates a configuration assembled in code or changed by command-line flags, with
+    /// the same checks a file gets.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key and value (the file is reported as `<config>`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(key, value, reason)| ConfigError {
+            file: "<config>".to_owned(),
+            line: None,
+            column: None,
+            key: key.to_owned(),
+            value: Some(value),
+            reason,
+        })
+    }
+
+    /// Checks what types alone cannot: non-zero bounds and listeners that would loop.
+    fn check(&self) -> Result<(), (&'static str, String, String)> {
+        let l = &self.limits;
+        let nonzero: [(&'static str, Duration); 4] = [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.connect_timeout", l.connect_timeout),
+            ("limits.detect_timeout", l.detect_timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return Err((key, "\"0s\"".into(), "must be greater than zero".into()));
+            }
+        }
+        let hb = l.max_request_header_bytes.as_u64();
+        if !(8 * 1024..=1024 * 1024).contains(&hb) {
+            return Err((
+                "limits.max_request_header_bytes",
+                hb.to_string(),
+                "must be between 8 KiB and 1 MiB".into(),
+            ));
+        }
+        let h2 = l.http2_max_header_list_bytes.as_u64();
+        if !(1024..=1024 * 1024).contains(&h2) {
+            return Err((
+                "limits.http2_max_header_list_bytes",
+                h2.to_string(),
+                "must be between 1 KiB and 1 MiB".into(),
+            ));
+        }
+        if l.http2_max_concurrent_streams == 0 {
+            return Err(("limits.http2_max_concurrent_streams", "0".into(), "must be at least 1".into()));
+        }
+        if self.client.idle_timeout.is_zero() {
+            return Err(("client.idle_timeout", "\"0s\"".into(), "must be greater than zero".into()));
+        }
+        for (key, lc, other) in [
+            ("outbound.target", &self.outbound, &self.inbound),
+            ("inbound.target", &self.inbound, &self.outbound),
+        ] {
+            if let (Some(target), Some(listen)) = (lc.target, lc.listen) {
+                if lc.enabled && (same_socket(target, listen) || (other.enabled && other.listen.is_some_and(|o| same_socket(target, o)))) {
+                    return Err((key, format!("\"{target}\""), "points at one of the proxy's own listeners, which would loop".into()));
+                }
+            }
+        }
+        if self.outbound.enabled && self.inbound.enabled && self.outbound.listen == self.inbound.listen {
+            let v = self.inbound.listen.map(|a| format!("\"{a}\"")).unwrap_or_default();
+            return Err(("inbound.listen", v, "is the same address as outbound.listen".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a connection to `target` would arrive at a listener bound to `listen`.
+pub(crate) fn same_socket(target: std::net::SocketAddr, listen: std::net::SocketAddr) -> bool {
+    target.port() == listen.port()
+        && (target.ip() == listen.ip()
+            || (listen.ip().is_unspecified() && (target.ip().is_loopback() || target.ip().is_unspecified())))
+}
+
+fn toml_error(file: &str, text: &str, key: String, e: &toml::de::Error) -> ConfigError {
+    let (line, column, value) = match e.span() {
+        Some(span) => {
+            let (line, column) = position(text, span.start);
+            let value = text.get(span.clone()).map(|v| v.trim().chars().take(120).collect::<String>());
+            (Some(line), Some(column), value.filter(|v| !v.is_empty() && !v.contains('\n')))
+        }
+        None => (None, None, None),
+    };
+    ConfigError { file: file.to_owned(), line, column, key, value, reason: e.message().to_owned() }
+}
+
+/// 1-based line and column of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+/// The line where `section.key` is set, if the file sets it.
+fn locate(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.rsplit_once('.')?;
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if current == section {
+            if let Some((k, _)) = line.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_toml("test.toml", text).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn empty_file_is_the_default_sidecar() {
+        let cfg = Config::from_toml("empty.toml", "").expect("valid");
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.outbound.listen, Some(super::super::OUTBOUND_LISTEN));
+        assert_eq!(cfg.inbound.listen, Some(super::super::INBOUND_LISTEN));
+    }
+
+    #[test]
+    fn sample_config_is_valid() {
+        let text = include_str!("../../../examples/config/sidecar.toml");
+        Config::from_toml("sidecar.toml", text).expect("sample must load");
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let cfg = Config::from_toml("t.toml", "[inbound]\ntarget = \"127.0.0.1:8080\"\n").expect("valid");
+        assert_eq!(cfg.inbound.listen, Some(super::super::INBOUND_LISTEN));
+        assert_eq!(cfg.inbound.target, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert!(cfg.inbound.opaque_ports.contains(&3306));
+    }
+
+    #[test]
+    fn invalid_configs_name_the_key_line_and_value() {
+        // (text, key, line, a fragment of the value)
+        let table: &[(&str, &str, usize, &str)] = &[
+            ("[admin]\nlisten = \"nope\"\n", "admin.listen", 2, "nope"),
+            ("[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = 80\n", "outbound.target", 3, "80"),
+            ("[limits]\nidle_timeout = \"soon\"\n", "limits.idle_timeout", 2, "soon"),
+            ("[limits]\nmax_request_headers = 0\n", "limits.max_request_headers", 2, "0"),
+            ("[limits]\nmax_request_header_bytes = \"lots\"\n", "limits.max_request_header_bytes", 2, "lots"),
+            ("[limits]\nmax_request_header_bytes = \"1KiB\"\n", "limits.max_request_header_bytes", 2, "1024"),
+            ("[limits]\nconnect_timeout = \"0s\"\n", "limits.connect_timeout", 2, "0s"),
+            ("[limits]\nhttp2_max_concurrent_streams = 0\n", "limits.http2_max_concurrent_streams", 2, "0"),
+            ("[limits]\nhttp2_max_concurrent_streams = -1\n", "limits.http2_max_concurrent_streams", 2, "-1"),
+            ("[inbound]\nopaque_ports = [25, 70000]\n", "inbound.opaque_ports[1]", 2, "70000"),
+            ("[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
+            (
+                "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = \"127.0.0.1:4140\"\n",
+                "outbound.target",
+                3,
+                "127.0.0.1:4140",
+            ),
+        ];
+        for (text, key, line, value) in table {
+            let e = err(text);
+            assert_eq!(e.key(), *key, "{text}: {e}");
+            assert_eq!(e.line(), Some(*line), "{text}: {e}");
+            assert!(e.value().is_some_and(|v| v.contains(value)), "{text}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("test.toml:"), "{msg}");
+            assert!(msg.contains(key), "{msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = err("[limits]\nheader_timeout = \"5s\"\n");
+        assert_eq!(e.line(), Some(2));
+        assert!(e.to_string().contains("header_timeout"), "{e}");
+        let e = err("[nonsense]\n");
+        assert!(e.to_string().contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = err("[admin]\nlisten = \n");
+        assert_eq!(e.line(), Some(2), "{e}");
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_are_rejected() {
+        let e = err("[outbound]\nlisten = \"127.0.0.1:5000\"\n[inbound]\nlisten = \"127.0.0.1:5000\"\n");
+        assert_eq!(e.key(), "inbound.listen");
+        assert_eq!(e.line(), Some(4));
+    }
+}

@@ -1,0 +1,321 @@
+//! Per-connection bookkeeping: byte counts, the HTTP/1 header-read timer, the idle timer,
+//! and what the framing scanner saw.
+//!
+//! hyper's own `header_read_timeout` re-arms a boxed timer for every request and also runs
+//! while a keep-alive connection waits for its next request, closing idle connections after
+//! the header timeout (the problem linkerd2-proxy hit). Instead the connection's I/O wrapper
+//! notes when the first byte of a request head arrives, and one watchdog per connection
+//! sleeps until the next deadline: the header deadline while a head is being read, the idle
+//! deadline while nothing is in flight. A request costs a clock read and a few atomic
+//! stores, and no timer.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::framing::HeadScanner;
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// Shared state of one client connection.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    base: Instant,
+    phase: AtomicU8,
+    head_started_ms: AtomicU64,
+    idle_since_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    ambiguous: AtomicBool,
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            phase: AtomicU8::new(IDLE),
+            head_started_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            ambiguous: AtomicBool::new(false),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request reached the service: its head is complete.
+    pub(crate) fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.phase.store(BUSY, Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// Whether the request head just parsed had ambiguous framing; clears the flag.
+    pub(crate) fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Relaxed)
+    }
+
+    /// Bytes read from and written to the client so far.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (self.read.load(Relaxed), self.written.load(Relaxed))
+    }
+
+    /// Waits until the connection has been idle past `idle` or an HTTP/1 request head has
+    /// taken longer than `header` (when given), and says which.
+    pub(crate) async fn expired(&self, header: Option<Duration>, idle: Duration) -> Expired {
+        let idle_ms = duration_ms(idle);
+        let header_ms = header.map(duration_ms);
+        // The longest the watchdog sleeps without looking: a head that starts while it sleeps
+        // through an idle period is noticed within one header timeout.
+        let recheck = header_ms.unwrap_or(idle_ms).min(idle_ms);
+        loop {
+            let now = self.now_ms();
+            let phase = self.phase.load(Relaxed);
+            let wake = match header_ms {
+                Some(header_ms) if phase == HEAD => {
+                    let deadline = self.head_started_ms.load(Relaxed).saturating_add(header_ms);
+                    if now >= deadline {
+                        return Expired::HeaderTimeout;
+                    }
+                    deadline
+                }
+                _ if phase == IDLE && self.in_flight.load(Relaxed) == 0 => {
+                    let deadline = self.idle_since_ms.load(Relaxed).saturating_add(idle_ms);
+                    if now >= deadline {
+                        return Expired::Idle;
+                    }
+                    deadline.min(now.saturating_add(recheck))
+                }
+                _ => now.saturating_add(recheck),
+            };
+            tokio::time::sleep_until(self.base + Duration::from_millis(wake)).await;
+        }
+    }
+
+    fn on_read(&self, n: usize) {
+        self.read.fetch_add(n as u64, Relaxed);
+    }
+
+    fn begin_head(&self) {
+        self.head_started_ms.store(self.now_ms(), Relaxed);
+        self.phase.store(HEAD, Relaxed);
+    }
+
+    /// For connections without HTTP requests (opaque TCP, HTTP/2): any byte is activity.
+    fn touch(&self) {
+        self.idle_since_ms.store(self.now_ms(), Relaxed);
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Why a connection's watchdog fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// A request head took longer than the header read timeout.
+    HeaderTimeout,
+    /// Nothing was in flight for the idle timeout.
+    Idle,
+}
+
+/// Marks one request in flight; dropping it (when the response body is done or abandoned)
+/// ends the request.
+#[derive(Debug)]
+pub(crate) struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle_since_ms.store(self.0.now_ms(), Relaxed);
+            self.0.phase.store(IDLE, Relaxed);
+        }
+    }
+}
+
+/// How a [`ServerIo`] watches its bytes.
+#[derive(Debug)]
+pub(crate) enum Watch {
+    /// HTTP/1: time request heads and scan them for ambiguous framing.
+    Http1(HeadScanner),
+    /// HTTP/2: requests are tracked by [`RequestGuard`]s only.
+    Http2,
+    /// Opaque TCP: any byte in either direction is activity.
+    Bytes,
+}
+
+pin_project! {
+    /// A client connection's I/O, counting bytes and feeding [`ConnState`].
+    #[derive(Debug)]
+    pub(crate) struct ServerIo<I> {
+        #[pin]
+        io: I,
+        state: Arc<ConnState>,
+        watch: Watch,
+    }
+}
+
+impl<I> ServerIo<I> {
+    pub(crate) fn new(io: I, state: Arc<ConnState>, watch: Watch) -> Self {
+        Self { io, state, watch }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for ServerIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.io.poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.state.on_read(new.len());
+            match this.watch {
+                Watch::Http1(scanner) => {
+                    let phase = this.state.phase.load(Relaxed);
+                    if phase == IDLE && this.state.in_flight.load(Relaxed) == 0 {
+                        this.state.begin_head();
+                        scanner.reset();
+                        scanner.feed(new);
+                    } else if phase == HEAD && !scanner.is_done() {
+                        scanner.feed(new);
+                    }
+                    if scanner.is_done() && scanner.verdict().ambiguous.is_some() {
+                        this.state.ambiguous.store(true, Relaxed);
+                    }
+                }
+                Watch::Http2 => {}
+                Watch::Bytes => this.state.touch(),
+            }
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for ServerIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.state.written.fetch_add(n as u64, Relaxed);
+            if matches!(this.watch, Watch::Bytes) {
+                this.state.touch();
+            }
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            this.state.written.fetch_add(n as u64, Relaxed);
+            if matches!(this.watch, Watch::Bytes) {
+                this.state.touch();
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_expires_after_header_timeout() {
+        let state = ConnState::new();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = ServerIo::new(server, state.clone(), Watch::Http1(HeadScanner::default()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.write_all(b"GET / HT").await.expect("write");
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.expect("read");
+        let started = Instant::now();
+        let why = state.expired(Some(Duration::from_secs(10)), Duration::from_secs(3600)).await;
+        assert_eq!(why, Expired::HeaderTimeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_keepalive_is_not_a_header_timeout() {
+        let state = ConnState::new();
+        let guard = state.request_started();
+        drop(guard);
+        let started = Instant::now();
+        let why = state.expired(Some(Duration::from_secs(10)), Duration::from_secs(60)).await;
+        assert_eq!(why, Expired::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_are_never_idle() {
+        let state = ConnState::new();
+        let guard = state.request_started();
+        let watchdog = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2));
+        let r = tokio::time::timeout(Duration::from_secs(30), watchdog).await;
+        assert!(r.is_err(), "watchdog fired while a request was in flight");
+        drop(guard);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opaque_bytes_count_as_activity() {
+        let state = ConnState::new();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = ServerIo::new(server, state.clone(), Watch::Bytes);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        client.write_all(b"x").await.expect("write");
+        let mut buf = [0u8; 1];
+        io.read_exact(&mut buf).await.expect("read");
+        let started = Instant::now();
+        assert_eq!(state.expired(None, Duration::from_secs(60)).await, Expired::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(state.bytes().0, 1);
+    }
+
+    #[tokio::test]
+    async fn ambiguous_heads_set_the_flag() {
+        let state = ConnState::new();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = ServerIo::new(server, state.clone(), Watch::Http1(HeadScanner::default()));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let _ = io.read(&mut buf).await.expect("read");
+        assert!(state.take_ambiguous());
+        assert!(!state.take_ambiguous());
+    }
+}

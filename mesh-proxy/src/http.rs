@@ -1,0 +1,169 @@
+//! Serving HTTP on a client connection and forwarding each request to its target.
+//!
+//! The connection's protocol is already known from detection, so the matching hyper server
+//! (HTTP/1 or HTTP/2) runs directly, configured with the limits of DESIGN.md §5. Each request
+//! passes through [`ProxyService`]: framing check, hop-by-hop headers, the target's
+//! endpoint client, and on failure the one error classifier
+//! ([`mesh_core::errors::error_response`]). Upgrades (WebSocket) and `CONNECT` become a
+//! byte tunnel only once the upstream has answered `101` (or 2xx to `CONNECT`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_core::BoxError;
+use mesh_core::body::ProxyBody;
+use mesh_core::errors::{BadRequest, error_response};
+use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
+use mesh_core::metrics::Classification;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::config::Limits;
+use crate::conn::{ConnState, RequestGuard};
+use crate::targets::Target;
+
+/// Server settings derived once from the limits.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerSettings {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl ServerSettings {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        let max_buf = usize::try_from(limits.max_request_header_bytes.as_u64()).unwrap_or(usize::MAX);
+        h1.max_buf_size(max_buf.max(8192)).timer(TokioTimer::new());
+        // hyper's default is 100; setting it moves header indices to the heap, so only
+        // when it differs.
+        if limits.max_request_headers.get() != 100 {
+            h1.max_headers(limits.max_request_headers.get());
+        }
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.http2_max_header_list_bytes.as_u64()).unwrap_or(u32::MAX));
+        Self { h1, h2 }
+    }
+
+    pub(crate) fn h1(&self) -> &hyper::server::conn::http1::Builder {
+        &self.h1
+    }
+
+    pub(crate) fn h2(&self) -> &hyper::server::conn::http2::Builder<TokioExecutor> {
+        &self.h2
+    }
+}
+
+/// Forwards the requests of one client connection to its target.
+#[derive(Clone, Debug)]
+pub(crate) struct ProxyService {
+    target: Arc<Target>,
+    conn: Arc<ConnState>,
+}
+
+impl ProxyService {
+    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>) -> Self {
+        Self { target, conn }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ServerBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ServerBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = self.conn.request_started();
+        let ambiguous = self.conn.take_ambiguous();
+        let target = self.target.clone();
+        Box::pin(async move {
+            let start = Instant::now();
+            target.http.request();
+            let grpc = is_grpc(&req);
+            let res = match forward(&target, req, ambiguous).await {
+                Ok(res) => res,
+                Err(error) => {
+                    tracing::info!(dst = %target.addr, %error, "request failed");
+                    error_response(&error, grpc)
+                }
+            };
+            let class = Classification::of(res.status(), res.headers());
+            target.http.response(res.status(), class, start.elapsed());
+            Ok(res.map(|body| ServerBody { inner: body, _guard: guard }))
+        })
+    }
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+async fn forward(target: &Target, mut req: Request<Incoming>, ambiguous: bool) -> Result<Response<ProxyBody>, BoxError> {
+    if ambiguous {
+        return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, or repeated content-length)").into());
+    }
+    let upgrade = req.version() <= http::Version::HTTP_11 && wants_upgrade(req.headers());
+    let connect = req.method() == Method::CONNECT;
+    let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let mut res = target.endpoint.send(req).await?;
+    let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS) || (connect && res.status().is_success());
+    strip_hop_by_hop(res.headers_mut(), switched && upgrade);
+    if let (true, Some(downstream)) = (switched, downstream) {
+        let upstream = hyper::upgrade::on(&mut res);
+        let dst = target.addr;
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        Ok((tx, rx)) => tracing::debug!(%dst, tx, rx, "tunnel closed"),
+                        Err(error) => tracing::debug!(%dst, %error, "tunnel failed"),
+                    }
+                }
+                Err(error) => tracing::debug!(%dst, %error, "upgrade failed"),
+            }
+        });
+    }
+    Ok(res)
+}
+
+pin_project! {
+    /// The body the proxy's server sends: the response body plus the guard that marks the
+    /// request finished when the body is done or dropped.
+    #[derive(Debug)]
+    pub(crate) struct ServerBody {
+        #[pin]
+        inner: ProxyBody,
+        _guard: RequestGuard,
+    }
+}
+
+impl Body for ServerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

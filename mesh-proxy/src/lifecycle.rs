@@ -1,0 +1,285 @@
+//! Binding, running and draining a proxy.
+//!
+//! [`Proxy::bind`] opens every listener first, so a port conflict fails start-up with the
+//! address named and nothing half-running. [`BoundProxy::run`] serves until [`Shutdown`] is
+//! triggered (a signal the binary forwards, or `POST /shutdown`), then drains: listeners
+//! close, open connections finish their in-flight requests (HTTP/2 GOAWAY, HTTP/1
+//! `Connection: close`), and after the grace period whatever remains is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::client::ClientConfig;
+use mesh_core::connect::{ConnectTimeoutDuration, TcpConnect};
+use mesh_core::detect::DetectConfig;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::Direction;
+use crate::admin::{self, AdminState, LogLevel};
+use crate::config::{Config, ListenerConfig};
+use crate::http::ServerSettings;
+use crate::listener::{self, ListenerCtx};
+use crate::targets::Targets;
+
+/// A listener address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({which}): {source}")]
+pub struct BindError {
+    which: &'static str,
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Triggers and observes a graceful shutdown. Cloning shares the same signal.
+#[derive(Clone, Debug)]
+pub struct Shutdown(Arc<watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Shutdown {
+    /// Starts the graceful shutdown; later calls do nothing.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once shutdown has started.
+    pub async fn triggered(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+/// A proxy ready to bind: configuration plus the process-wide pieces the binary owns.
+pub struct Proxy {
+    config: Config,
+    prometheus: Option<PrometheusHandle>,
+    log: Option<Arc<dyn LogLevel>>,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy with `config`, no metrics exposition and no log control.
+    pub fn new(config: Config) -> Self {
+        Self { config, prometheus: None, log: None, shutdown: Shutdown::default() }
+    }
+
+    /// Serves `/metrics` from this Prometheus recorder handle.
+    pub fn with_prometheus(mut self, handle: PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
+    /// Lets `/log-level` read and change the log filter.
+    pub fn with_log_level(mut self, log: impl LogLevel + 'static) -> Self {
+        self.log = Some(Arc::new(log));
+        self
+    }
+
+    /// The shutdown signal of this proxy, to wire to process signals.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Binds the admin server and the enabled listeners.
+    ///
+    /// # Errors
+    ///
+    /// [`BindError`] naming the listener and address that could not be bound.
+    pub async fn bind(self) -> Result<BoundProxy, BindError> {
+        let cfg = self.config;
+        let admin = bind("admin", cfg.admin.listen).await?;
+        let outbound = bind_listener("outbound", &cfg.outbound).await?;
+        let inbound = bind_listener("inbound", &cfg.inbound).await?;
+        let admin_addr = local_addr("admin", &admin, cfg.admin.listen)?;
+        let outbound_addr = outbound.as_ref().map(|(l, a)| local_addr("outbound", l, *a)).transpose()?;
+        let inbound_addr = inbound.as_ref().map(|(l, a)| local_addr("inbound", l, *a)).transpose()?;
+        let own_addrs: Vec<SocketAddr> = [Some(admin_addr), outbound_addr, inbound_addr].into_iter().flatten().collect();
+
+        let connect = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
+        let client = ClientConfig {
+            max_idle_per_endpoint: cfg.client.max_idle_per_endpoint,
+            idle_timeout: cfg.client.idle_timeout,
+            ..ClientConfig::default()
+        };
+        let server = ServerSettings::new(&cfg.limits);
+        let detect = DetectConfig { timeout: cfg.limits.detect_timeout, ..DetectConfig::default() };
+        let cap = cfg.limits.connection_cap();
+        let make_ctx = |direction: Direction, lc: &ListenerConfig, local: SocketAddr| {
+            Arc::new(ListenerCtx {
+                direction,
+                local,
+                target: lc.target,
+                opaque_ports: lc.opaque_ports.clone(),
+                own_addrs: own_addrs.clone(),
+                detect,
+                header_timeout: cfg.limits.header_read_timeout,
+                idle_timeout: cfg.limits.idle_timeout,
+                server: server.clone(),
+                targets: Targets::new(direction, connect, client),
+                connect,
+                conns: Arc::new(Semaphore::new(cap)),
+            })
+        };
+        let mut listeners = Vec::new();
+        if let (Some((l, _)), Some(addr)) = (outbound, outbound_addr) {
+            listeners.push((l, make_ctx(Direction::Outbound, &cfg.outbound, addr)));
+        }
+        if let (Some((l, _)), Some(addr)) = (inbound, inbound_addr) {
+            listeners.push((l, make_ctx(Direction::Inbound, &cfg.inbound, addr)));
+        }
+        tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, max_connections = cap, "listening");
+        let grace = cfg.shutdown.grace;
+        Ok(BoundProxy {
+            admin: (admin, admin_addr),
+            listeners,
+            outbound_addr,
+            inbound_addr,
+            grace,
+            admin_state: AdminState {
+                config: Arc::new(cfg),
+                prometheus: self.prometheus,
+                log: self.log,
+                shutdown: self.shutdown.clone(),
+            },
+            shutdown: self.shutdown,
+        })
+    }
+}
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError { which, addr, source })
+}
+
+async fn bind_listener(which: &'static str, lc: &ListenerConfig) -> Result<Option<(TcpListener, SocketAddr)>, BindError> {
+    match (lc.enabled, lc.listen) {
+        (true, Some(addr)) => Ok(Some((bind(which, addr).await?, addr))),
+        _ => Ok(None),
+    }
+}
+
+fn local_addr(which: &'static str, l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, BindError> {
+    l.local_addr().map_err(|source| BindError { which, addr, source })
+}
+
+/// A proxy whose listeners are bound; [`BoundProxy::run`] serves them.
+pub struct BoundProxy {
+    admin: (TcpListener, SocketAddr),
+    listeners: Vec<(TcpListener, Arc<ListenerCtx>)>,
+    outbound_addr: Option<SocketAddr>,
+    inbound_addr: Option<SocketAddr>,
+    grace: Duration,
+    admin_state: AdminState,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for BoundProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundProxy")
+            .field("admin", &self.admin.1)
+            .field("outbound", &self.outbound_addr)
+            .field("inbound", &self.inbound_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundProxy {
+    /// The admin server's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.1
+    }
+
+    /// The outbound listener's address, if enabled.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.outbound_addr
+    }
+
+    /// The inbound listener's address, if enabled.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_addr
+    }
+
+    /// The shutdown signal.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shutdown is triggered, then drains for at most the grace period.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let admin = tokio::spawn(admin::serve(self.admin.0, self.admin_state.clone()));
+        let prometheus = self.admin_state.prometheus.clone();
+        let mut ctxs = Vec::new();
+        let mut accept_loops = Vec::new();
+        for (l, ctx) in self.listeners {
+            ctxs.push(ctx.clone());
+            accept_loops.push(tokio::spawn(listener::serve(l, ctx, self.shutdown.subscribe(), tracker.clone())));
+        }
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for ctx in &ctxs {
+                    ctx.targets.sweep();
+                }
+                if let Some(p) = &prometheus {
+                    p.run_upkeep();
+                }
+            }
+        });
+
+        self.shutdown.triggered().await;
+        tracing::info!(grace = ?self.grace, "shutting down: draining connections");
+        for a in accept_loops {
+            let _ = a.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
+            tracing::warn!(remaining = tracker.len(), "grace period over; closing remaining connections");
+        } else {
+            tracing::info!("all connections drained");
+        }
+        housekeeping.abort();
+        admin.abort();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), for binaries to pass to [`Shutdown::trigger`].
+///
+/// # Errors
+///
+/// When the signal handlers cannot be installed.
+pub async fn signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Accepting client connections and deciding what each one is.
+//!
+//! Per connection, top to bottom: connection cap → target (original destination, else the
+//! listener's configured target; never the proxy itself) → opaque port? → protocol detection
+//! → HTTP/1 or HTTP/2 server, or opaque TCP forward. A watchdog enforces the header-read and
+//! idle timeouts, and a drain signal turns into hyper's graceful shutdown (HTTP/2 GOAWAY,
+//! HTTP/1 `Connection: close` on the in-flight response).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use mesh_core::connect::TcpConnect;
+use mesh_core::detect::{DetectConfig, Protocol, detect};
+use mesh_core::metrics::record_detect;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::Direction;
+use crate::config::same_socket;
+use crate::conn::{ConnState, Expired, ServerIo, Watch};
+use crate::framing::HeadScanner;
+use crate::http::{ProxyService, ServerSettings};
+use crate::targets::{Target, Targets};
+
+/// Everything a listener needs to handle its connections.
+#[derive(Debug)]
+pub(crate) struct ListenerCtx {
+    pub(crate) direction: Direction,
+    pub(crate) local: SocketAddr,
+    pub(crate) target: Option<SocketAddr>,
+    pub(crate) opaque_ports: Vec<u16>,
+    pub(crate) own_addrs: Vec<SocketAddr>,
+    pub(crate) detect: DetectConfig,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) server: ServerSettings,
+    pub(crate) targets: Targets,
+    pub(crate) connect: TcpConnect,
+    pub(crate) conns: Arc<Semaphore>,
+}
+
+/// Accepts connections until the drain signal, then drops the listener so new connections
+/// are refused.
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut drain: watch::Receiver<bool>, tracker: TaskTracker) {
+    let dir = ctx.direction.as_str();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.wait_for(|d| *d) => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of descriptors or memory: back off rather than spin.
+                tracing::warn!(direction = dir, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.conns.clone().try_acquire_owned() else {
+            tracing::warn!(direction = dir, %peer, cap = ctx.conns.available_permits(), "connection cap reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let ctx = ctx.clone();
+        let drain = drain.clone();
+        tracker.spawn(async move {
+            handle(stream, peer, &ctx, drain).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!(direction = dir, "listener closed");
+}
+
+/// Where a connection goes, or why it goes nowhere.
+fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &'static str> {
+    let sock = socket2::SockRef::from(stream);
+    let orig = if ctx.local.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
+    let orig = orig.ok().and_then(|a| a.as_socket()).filter(|a| *a != ctx.local);
+    let target = orig.or(ctx.target).ok_or("no original destination and no target configured")?;
+    if ctx.own_addrs.iter().any(|own| same_socket(target, *own)) {
+        return Err("destination is the proxy's own listener; refusing to loop");
+    }
+    Ok(target)
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx, drain: watch::Receiver<bool>) {
+    let dir = ctx.direction.as_str();
+    let _ = stream.set_nodelay(true);
+    let addr = match resolve_target(&stream, ctx) {
+        Ok(a) => a,
+        Err(reason) => {
+            tracing::warn!(direction = dir, %peer, reason, "connection refused");
+            return;
+        }
+    };
+    let target = ctx.targets.get(addr);
+    target.tcp.opened();
+    let state = ConnState::new();
+    if ctx.opaque_ports.contains(&addr.port()) {
+        record_detect(dir, "opaque-port");
+        let mut io = ServerIo::new(stream, state.clone(), Watch::Bytes);
+        opaque(&mut io, addr, ctx, &state).await;
+    } else {
+        serve_detected(stream, peer, &target, ctx, &state, drain).await;
+    }
+    let (read, written) = state.bytes();
+    target.tcp.closed(read, written);
+}
+
+async fn serve_detected(stream: TcpStream, peer: SocketAddr, target: &Arc<Target>, ctx: &ListenerCtx, state: &Arc<ConnState>, drain: watch::Receiver<bool>) {
+    let addr = target.addr;
+    let dir = ctx.direction.as_str();
+    let (outcome, io) = match detect(ctx.detect, stream).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(direction = dir, %peer, %error, "connection failed during detection");
+            return;
+        }
+    };
+    record_detect(dir, outcome.label());
+    match outcome.protocol() {
+        Protocol::Http1 => {
+            let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
+            let svc = ProxyService::new(target.clone(), state.clone());
+            let conn = ctx.server.h1().serve_connection(TokioIo::new(io), svc).with_upgrades();
+            drive(conn, state, Some(ctx.header_timeout), ctx.idle_timeout, drain, |c| c.graceful_shutdown()).await;
+        }
+        Protocol::Http2 => {
+            let io = ServerIo::new(io, state.clone(), Watch::Http2);
+            let svc = ProxyService::new(target.clone(), state.clone());
+            let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
+            drive(conn, state, None, ctx.idle_timeout, drain, |c| c.graceful_shutdown()).await;
+        }
+        Protocol::Tls(hello) => {
+            tracing::debug!(direction = dir, %peer, sni = ?hello.server_name, "forwarding TLS as opaque");
+            let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
+            opaque(&mut io, addr, ctx, state).await;
+        }
+        Protocol::Opaque => {
+            let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
+            opaque(&mut io, addr, ctx, state).await;
+        }
+    }
+}
+
+async fn opaque<I>(io: &mut I, addr: SocketAddr, ctx: &ListenerCtx, state: &ConnState)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        () = crate::tcp::forward(io, addr, ctx.connect) => {}
+        _ = state.expired(None, ctx.idle_timeout) => {
+            tracing::debug!(direction = ctx.direction.as_str(), %addr, "idle opaque connection closed");
+        }
+    }
+}
+
+/// Runs a hyper connection to completion under the watchdog and the drain signal.
+async fn drive<C, E>(
+    conn: C,
+    state: &ConnState,
+    header_timeout: Option<Duration>,
+    idle_timeout: Duration,
+    mut drain: watch::Receiver<bool>,
+    graceful: impl Fn(std::pin::Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(error) = res {
+                    tracing::debug!(%error, "client connection error");
+                }
+                return;
+            }
+            why = state.expired(header_timeout, idle_timeout), if !closing => match why {
+                Expired::HeaderTimeout => {
+                    tracing::info!("request head not received within the header read timeout; closing connection");
+                    return;
+                }
+                Expired::Idle => {
+                    tracing::debug!("idle connection closed");
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+            },
+            _ = drain.wait_for(|d| *d), if !closing => {
+                closing = true;
+                graceful(conn.as_mut());
+            }
+        }
+    }
+}
