@@ -1,0 +1,189 @@
+//! The hello application: HTTP/1.1, HTTP/2 and gRPC on one port.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /` | `hello from mesh` |
+//! | `* /echo` | the request body streamed back, trailers included |
+//! | `GET /status/{code}` | that status |
+//! | `GET /slow?ms=N` | `slow` after N ms (at most 60 s) |
+//! | `GET /ws` with `Upgrade: websocket` | a WebSocket that echoes every message |
+//! | `CONNECT host:port` | `200`, then a byte tunnel that echoes |
+//! | `content-type: application/grpc` | `hello.Greeter` (see [`crate::grpc`]) |
+//!
+//! Every request's head is recorded ([`App::seen`]) so tests can compare what a client sent
+//! with what arrived through the proxy.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// What the application saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The method.
+    pub method: Method,
+    /// The request target.
+    pub uri: Uri,
+    /// The HTTP version it arrived in.
+    pub version: Version,
+    /// The headers as received.
+    pub headers: HeaderMap,
+}
+
+/// A running hello application.
+#[derive(Clone, Debug)]
+pub struct App {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl App {
+    /// Starts the application on `127.0.0.1:0`.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound (a broken test environment).
+    pub async fn spawn() -> App {
+        #[allow(clippy::expect_used)]
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        App::serve(listener)
+    }
+
+    /// Serves the application on `listener` in a background task.
+    pub fn serve(listener: TcpListener) -> App {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = App { addr, seen };
+        let a = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let a = a.clone();
+                        async move { Ok::<_, Infallible>(a.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        app
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every request head seen so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<tonic::body::Body> {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(Seen {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                headers: req.headers().clone(),
+            });
+        }
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            return crate::grpc::serve(req).await;
+        }
+        if req.method() == Method::CONNECT {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            return text(StatusCode::OK, "");
+        }
+        let path = req.uri().path().to_owned();
+        match path.as_str() {
+            "/" => text(StatusCode::OK, "hello from mesh\n"),
+            "/echo" => {
+                let mut res = Response::new(tonic::body::Body::new(req.into_body()));
+                res.headers_mut().insert("x-echo", http::HeaderValue::from_static("1"));
+                res
+            }
+            "/slow" => {
+                let ms = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1000)
+                    .min(60_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                text(StatusCode::OK, "slow\n")
+            }
+            "/ws" => websocket(req),
+            p if p.starts_with("/status/") => {
+                let code = p["/status/".len()..].parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+                match code {
+                    Some(c) => text(c, format!("status {}\n", c.as_u16())),
+                    None => text(StatusCode::BAD_REQUEST, "bad status\n"),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "not a websocket request\n");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = on.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = res.headers_mut();
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    res
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<tonic::body::Body> {
+    let mut res = Response::new(tonic::body::Body::new(Full::new(body.into())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    res
+}
