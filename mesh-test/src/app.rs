@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,14 @@ pub struct Seen {
 pub struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl App {
@@ -63,11 +72,12 @@ impl App {
     pub fn serve(listener: TcpListener) -> App {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = App { addr, seen };
+        let app = App { addr, seen, stats: Arc::default() };
         let a = app.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                a.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let a = a.clone();
                 tokio::spawn(async move {
@@ -89,12 +99,30 @@ impl App {
         self.addr
     }
 
+    /// How many TCP connections the application has accepted.
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
+
+    /// The most requests the application has had in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.stats.max_in_flight.load(Ordering::Relaxed)
+    }
+
     /// Every request head seen so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<tonic::body::Body> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<tonic::body::Body> {
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let res = self.route(req).await;
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        res
+    }
+
+    async fn route(&self, mut req: Request<Incoming>) -> Response<tonic::body::Body> {
         if let Ok(mut seen) = self.seen.lock() {
             seen.push(Seen {
                 method: req.method().clone(),
