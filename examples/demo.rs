@@ -19,14 +19,19 @@ fn main() -> anyhow::Result<()> {
         .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
         .from_env_lossy();
     let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
 
     let recorder = telemetry::prometheus_recorder()?;
     let prometheus = recorder.handle();
     metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
     telemetry::describe_metrics();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let app = App::spawn().await;
         let mut config = Config::default();
@@ -37,10 +42,17 @@ fn main() -> anyhow::Result<()> {
         config.shutdown.grace = std::time::Duration::from_secs(5);
         config.validate()?;
 
-        let proxy = Proxy::new(config).with_prometheus(prometheus).with_log_level(log_handle);
+        let proxy = Proxy::new(config)
+            .with_prometheus(prometheus)
+            .with_log_level(log_handle);
         let shutdown = proxy.shutdown_handle();
-        let bound = proxy.bind().await.context("is another mesh already running on these ports?")?;
-        let out = bound.outbound_addr().context("outbound listener disabled")?;
+        let bound = proxy
+            .bind()
+            .await
+            .context("is another mesh already running on these ports?")?;
+        let out = bound
+            .outbound_addr()
+            .context("outbound listener disabled")?;
         let inb = bound.inbound_addr().context("inbound listener disabled")?;
         let admin = bound.admin_addr();
         tokio::spawn(async move {

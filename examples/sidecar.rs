@@ -46,9 +46,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::builder().parse(&args.log).context("invalid --log filter")?;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&args.log)
+        .context("invalid --log filter")?;
     let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
 
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
@@ -56,7 +61,9 @@ fn main() -> anyhow::Result<()> {
     };
     apply_flags(&mut config, &args);
 
-    config.validate().context("invalid configuration (after applying flags)")?;
+    config
+        .validate()
+        .context("invalid configuration (after applying flags)")?;
 
     let recorder = telemetry::prometheus_recorder()?;
     let prometheus = recorder.handle();
@@ -65,9 +72,13 @@ fn main() -> anyhow::Result<()> {
 
     // One core by default: a current-thread runtime is the fastest for a sidecar
     // (performance.md §4) and keeps idle memory small.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let proxy = Proxy::new(config).with_prometheus(prometheus).with_log_level(log_handle);
+        let proxy = Proxy::new(config)
+            .with_prometheus(prometheus)
+            .with_log_level(log_handle);
         let shutdown = proxy.shutdown_handle();
         let bound = proxy.bind().await?;
         tokio::spawn(async move {

@@ -38,19 +38,28 @@ pin_project! {
 impl ProxyBody {
     /// A body streamed from an upstream response.
     pub fn upstream(body: Incoming) -> Self {
-        Self { kind: Kind::Upstream { body }, on_eos: None }
+        Self {
+            kind: Kind::Upstream { body },
+            on_eos: None,
+        }
     }
 
     /// A body made by the proxy.
     pub fn local(data: impl Into<Bytes>) -> Self {
         let data = data.into();
         let data = if data.is_empty() { None } else { Some(data) };
-        Self { kind: Kind::Local { data }, on_eos: None }
+        Self {
+            kind: Kind::Local { data },
+            on_eos: None,
+        }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self { kind: Kind::Local { data: None }, on_eos: None }
+        Self {
+            kind: Kind::Local { data: None },
+            on_eos: None,
+        }
     }
 
     pub(crate) fn with_returner(mut self, returner: Returner) -> Self {
@@ -120,7 +129,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Upstream { body } => body.size_hint(),
         }
     }

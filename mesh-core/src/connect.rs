@@ -113,15 +113,23 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let err = TcpConnect::default().connect(addr).await.expect_err("refused");
+        let err = TcpConnect::default()
+            .connect(addr)
+            .await
+            .expect_err("refused");
         let err = err.downcast_ref::<ConnectError>().expect("ConnectError");
         assert_eq!(err.addr(), addr);
     }
 
     #[tokio::test]
     async fn connects_with_nodelay() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let s = TcpConnect::default().connect(l.local_addr().expect("addr")).await.expect("connect");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let s = TcpConnect::default()
+            .connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
         assert!(s.nodelay().expect("nodelay"));
     }
 }

@@ -95,14 +95,23 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
             // The client's own request body was malformed (bad chunk size) or cut off.
             (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
         } else if e.hyper_error().is_timeout() {
-            (StatusCode::GATEWAY_TIMEOUT, GrpcCode::DeadlineExceeded, false)
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                GrpcCode::DeadlineExceeded,
+                false,
+            )
         } else {
             (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
         }
     } else {
         (StatusCode::BAD_GATEWAY, GrpcCode::Internal, false)
     };
-    Classified { status, grpc, close, message }
+    Classified {
+        status,
+        grpc,
+        close,
+        message,
+    }
 }
 
 /// Turns `error` into the response the client receives; `grpc` says whether the request was
@@ -124,18 +133,24 @@ pub fn error_response(error: &BoxError, grpc: bool) -> Response<ProxyBody> {
         let mut res = Response::new(ProxyBody::local(body.clone()));
         *res.status_mut() = c.status;
         let h = res.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         res
     };
     res.headers_mut().insert(L5D_PROXY_ERROR, header);
     if c.close {
-        res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     res
 }
 
-fn find<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+fn find<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut cur = Some(error);
     while let Some(e) = cur {
         if let Some(found) = e.downcast_ref::<E>() {
@@ -172,7 +187,13 @@ fn header_value(message: &str) -> HeaderValue {
     let clean: String = message
         .chars()
         .take(256)
-        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"))
 }
@@ -209,10 +230,18 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         drop(l);
-        let e = crate::connect::TcpConnect::default().connect(addr).await.expect_err("refused");
+        let e = crate::connect::TcpConnect::default()
+            .connect(addr)
+            .await
+            .expect_err("refused");
         let res = error_response(&e, false);
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
-        assert!(res.headers()[L5D_PROXY_ERROR].to_str().expect("ascii").contains(&addr.to_string()));
+        assert!(
+            res.headers()[L5D_PROXY_ERROR]
+                .to_str()
+                .expect("ascii")
+                .contains(&addr.to_string())
+        );
         let res = error_response(&e, true);
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.headers()["grpc-status"], "14");

@@ -39,7 +39,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// carries `# HELP` lines, which `promtool check metrics` requires.
 pub fn describe() {
     metrics::describe_counter!(REQUEST_TOTAL, "HTTP requests received by the proxy.");
-    metrics::describe_counter!(RESPONSE_TOTAL, "HTTP responses sent by the proxy, by status and classification.");
+    metrics::describe_counter!(
+        RESPONSE_TOTAL,
+        "HTTP responses sent by the proxy, by status and classification."
+    );
     metrics::describe_histogram!(
         RESPONSE_LATENCY_SECONDS,
         Unit::Seconds,
@@ -47,8 +50,16 @@ pub fn describe() {
     );
     metrics::describe_counter!(TCP_OPEN_TOTAL, "Client connections accepted.");
     metrics::describe_counter!(TCP_CLOSE_TOTAL, "Client connections closed.");
-    metrics::describe_counter!(TCP_READ_BYTES_TOTAL, Unit::Bytes, "Bytes read from clients.");
-    metrics::describe_counter!(TCP_WRITE_BYTES_TOTAL, Unit::Bytes, "Bytes written to clients.");
+    metrics::describe_counter!(
+        TCP_READ_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes read from clients."
+    );
+    metrics::describe_counter!(
+        TCP_WRITE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes written to clients."
+    );
     metrics::describe_counter!(DETECT_TOTAL, "Protocol detection outcomes.");
 }
 
@@ -69,7 +80,9 @@ pub enum Classification {
 impl Classification {
     /// Classifies a response head.
     pub fn of(status: http::StatusCode, headers: &http::HeaderMap) -> Self {
-        let grpc_failed = headers.get("grpc-status").is_some_and(|v| v.as_bytes() != b"0");
+        let grpc_failed = headers
+            .get("grpc-status")
+            .is_some_and(|v| v.as_bytes() != b"0");
         if status.is_server_error() || grpc_failed {
             Classification::Failure
         } else {

@@ -102,7 +102,11 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (path.as_str(), &method) {
@@ -123,7 +127,10 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         ("/live", &Method::GET) => text(StatusCode::OK, "live\n"),
         ("/config.json", &Method::GET) => match serde_json::to_string_pretty(&*state.config) {
             Ok(json) => typed(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render config: {e}\n")),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot render config: {e}\n"),
+            ),
         },
         ("/log-level", &Method::GET) => match &state.log {
             Some(l) => text(StatusCode::OK, l.current() + "\n"),
@@ -133,7 +140,10 @@ async fn route(state: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> 
         ("/shutdown", &Method::POST) => {
             if !peer.ip().is_loopback() {
                 tracing::warn!(%peer, "refused /shutdown from a non-loopback client");
-                return text(StatusCode::FORBIDDEN, "shutdown is only accepted from loopback\n");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "shutdown is only accepted from loopback\n",
+                );
             }
             tracing::info!(%peer, "shutdown requested via admin");
             state.shutdown.trigger();
@@ -150,9 +160,17 @@ async fn put_log_level(state: &AdminState, req: Request<Incoming>) -> Response<F
     let Some(log) = &state.log else {
         return text(StatusCode::NOT_FOUND, "log level control not installed\n");
     };
-    let body = match Limited::new(req.into_body(), MAX_LOG_LEVEL_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_LOG_LEVEL_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("log level body rejected: {e}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("log level body rejected: {e}\n"),
+            );
+        }
     };
     let Ok(directives) = std::str::from_utf8(&body) else {
         return text(StatusCode::BAD_REQUEST, "log level must be UTF-8\n");
@@ -171,15 +189,21 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     typed(status, "text/plain; charset=utf-8", body)
 }
 
-fn typed(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn typed(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    res.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    res.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     res
 }

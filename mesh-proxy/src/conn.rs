@@ -177,7 +177,11 @@ impl<I> ServerIo<I> {
 }
 
 impl<I: AsyncRead> AsyncRead for ServerIo<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
@@ -207,7 +211,11 @@ impl<I: AsyncRead> AsyncRead for ServerIo<I> {
 }
 
 impl<I: AsyncWrite> AsyncWrite for ServerIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let res = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
@@ -263,7 +271,9 @@ mod tests {
         let mut buf = [0u8; 64];
         let _ = io.read(&mut buf).await.expect("read");
         let started = Instant::now();
-        let why = state.expired(Some(Duration::from_secs(10)), Duration::from_secs(3600)).await;
+        let why = state
+            .expired(Some(Duration::from_secs(10)), Duration::from_secs(3600))
+            .await;
         assert_eq!(why, Expired::HeaderTimeout);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
@@ -274,7 +284,9 @@ mod tests {
         let guard = state.request_started();
         drop(guard);
         let started = Instant::now();
-        let why = state.expired(Some(Duration::from_secs(10)), Duration::from_secs(60)).await;
+        let why = state
+            .expired(Some(Duration::from_secs(10)), Duration::from_secs(60))
+            .await;
         assert_eq!(why, Expired::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
@@ -299,7 +311,10 @@ mod tests {
         let mut buf = [0u8; 1];
         io.read_exact(&mut buf).await.expect("read");
         let started = Instant::now();
-        assert_eq!(state.expired(None, Duration::from_secs(60)).await, Expired::Idle);
+        assert_eq!(
+            state.expired(None, Duration::from_secs(60)).await,
+            Expired::Idle
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(60));
         assert_eq!(state.bytes().0, 1);
     }
@@ -310,7 +325,9 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         let mut io = ServerIo::new(server, state.clone(), Watch::Http1(HeadScanner::default()));
         client
-            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .write_all(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
             .await
             .expect("write");
         let mut buf = [0u8; 256];

@@ -78,7 +78,10 @@ impl HeadScanner {
     fn push(&mut self, part: &[u8]) {
         let room = self.line.len() - self.line_len;
         let n = part.len().min(room);
-        for (dst, src) in self.line[self.line_len..self.line_len + n].iter_mut().zip(part) {
+        for (dst, src) in self.line[self.line_len..self.line_len + n]
+            .iter_mut()
+            .zip(part)
+        {
             *dst = src.to_ascii_lowercase();
         }
         self.line_len += n;
@@ -140,14 +143,19 @@ mod tests {
         ];
         for head in cases {
             for split in 0..head.len() {
-                assert!(scan(head, split).0.ambiguous.is_some(), "{:?} split {split}", String::from_utf8_lossy(head));
+                assert!(
+                    scan(head, split).0.ambiguous.is_some(),
+                    "{:?} split {split}",
+                    String::from_utf8_lossy(head)
+                );
             }
         }
     }
 
     #[test]
     fn body_bytes_are_not_scanned() {
-        let head = b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\ntransfer-encoding: chunked\r\n\r\n";
+        let head =
+            b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\ntransfer-encoding: chunked\r\n\r\n";
         assert_eq!(scan(head, 0).0.ambiguous, None);
     }
 

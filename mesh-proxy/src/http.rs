@@ -40,7 +40,8 @@ pub(crate) struct ServerSettings {
 impl ServerSettings {
     pub(crate) fn new(limits: &Limits) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
-        let max_buf = usize::try_from(limits.max_request_header_bytes.as_u64()).unwrap_or(usize::MAX);
+        let max_buf =
+            usize::try_from(limits.max_request_header_bytes.as_u64()).unwrap_or(usize::MAX);
         h1.max_buf_size(max_buf.max(8192)).timer(TokioTimer::new());
         // hyper's default is 100; setting it moves header indices to the heap, so only
         // when it differs.
@@ -50,7 +51,9 @@ impl ServerSettings {
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(limits.http2_max_header_list_bytes.as_u64()).unwrap_or(u32::MAX));
+            .max_header_list_size(
+                u32::try_from(limits.http2_max_header_list_bytes.as_u64()).unwrap_or(u32::MAX),
+            );
         Self { h1, h2 }
     }
 
@@ -98,7 +101,10 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             };
             let class = Classification::of(res.status(), res.headers());
             target.http.response(res.status(), class, start.elapsed());
-            Ok(res.map(|body| ServerBody { inner: body, _guard: guard }))
+            Ok(res.map(|body| ServerBody {
+                inner: body,
+                _guard: guard,
+            }))
         })
     }
 }
@@ -109,7 +115,11 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-async fn forward(target: &Target, mut req: Request<Incoming>, ambiguous: bool) -> Result<Response<ProxyBody>, BoxError> {
+async fn forward(
+    target: &Target,
+    mut req: Request<Incoming>,
+    ambiguous: bool,
+) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, or repeated content-length)").into());
     }
@@ -118,7 +128,8 @@ async fn forward(target: &Target, mut req: Request<Incoming>, ambiguous: bool) -
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let mut res = target.endpoint.send(req).await?;
-    let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS) || (connect && res.status().is_success());
+    let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
+        || (connect && res.status().is_success());
     strip_hop_by_hop(res.headers_mut(), switched && upgrade);
     if let (true, Some(downstream)) = (switched, downstream) {
         let upstream = hyper::upgrade::on(&mut res);
@@ -155,7 +166,10 @@ impl Body for ServerBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         self.project().inner.poll_frame(cx)
     }
 

@@ -77,14 +77,21 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
     /// A proxy with `config`, no metrics exposition and no log control.
     pub fn new(config: Config) -> Self {
-        Self { config, prometheus: None, log: None, shutdown: Shutdown::default() }
+        Self {
+            config,
+            prometheus: None,
+            log: None,
+            shutdown: Shutdown::default(),
+        }
     }
 
     /// Serves `/metrics` from this Prometheus recorder handle.
@@ -115,9 +122,18 @@ impl Proxy {
         let outbound = bind_listener("outbound", &cfg.outbound).await?;
         let inbound = bind_listener("inbound", &cfg.inbound).await?;
         let admin_addr = local_addr("admin", &admin, cfg.admin.listen)?;
-        let outbound_addr = outbound.as_ref().map(|(l, a)| local_addr("outbound", l, *a)).transpose()?;
-        let inbound_addr = inbound.as_ref().map(|(l, a)| local_addr("inbound", l, *a)).transpose()?;
-        let own_addrs: Vec<SocketAddr> = [Some(admin_addr), outbound_addr, inbound_addr].into_iter().flatten().collect();
+        let outbound_addr = outbound
+            .as_ref()
+            .map(|(l, a)| local_addr("outbound", l, *a))
+            .transpose()?;
+        let inbound_addr = inbound
+            .as_ref()
+            .map(|(l, a)| local_addr("inbound", l, *a))
+            .transpose()?;
+        let own_addrs: Vec<SocketAddr> = [Some(admin_addr), outbound_addr, inbound_addr]
+            .into_iter()
+            .flatten()
+            .collect();
 
         let connect = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
         let client = ClientConfig {
@@ -126,7 +142,10 @@ impl Proxy {
             ..ClientConfig::default()
         };
         let server = ServerSettings::new(&cfg.limits);
-        let detect = DetectConfig { timeout: cfg.limits.detect_timeout, ..DetectConfig::default() };
+        let detect = DetectConfig {
+            timeout: cfg.limits.detect_timeout,
+            ..DetectConfig::default()
+        };
         let cap = cfg.limits.connection_cap();
         let make_ctx = |direction: Direction, lc: &ListenerConfig, local: SocketAddr| {
             Arc::new(ListenerCtx {
@@ -171,18 +190,33 @@ impl Proxy {
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError { which, addr, source })
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        which,
+        addr,
+        source,
+    })
 }
 
-async fn bind_listener(which: &'static str, lc: &ListenerConfig) -> Result<Option<(TcpListener, SocketAddr)>, BindError> {
+async fn bind_listener(
+    which: &'static str,
+    lc: &ListenerConfig,
+) -> Result<Option<(TcpListener, SocketAddr)>, BindError> {
     match (lc.enabled, lc.listen) {
         (true, Some(addr)) => Ok(Some((bind(which, addr).await?, addr))),
         _ => Ok(None),
     }
 }
 
-fn local_addr(which: &'static str, l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, BindError> {
-    l.local_addr().map_err(|source| BindError { which, addr, source })
+fn local_addr(
+    which: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, BindError> {
+    l.local_addr().map_err(|source| BindError {
+        which,
+        addr,
+        source,
+    })
 }
 
 /// A proxy whose listeners are bound; [`BoundProxy::run`] serves them.
@@ -236,7 +270,12 @@ impl BoundProxy {
         let mut accept_loops = Vec::new();
         for (l, ctx) in self.listeners {
             ctxs.push(ctx.clone());
-            accept_loops.push(tokio::spawn(listener::serve(l, ctx, self.shutdown.subscribe(), tracker.clone())));
+            accept_loops.push(tokio::spawn(listener::serve(
+                l,
+                ctx,
+                self.shutdown.subscribe(),
+                tracker.clone(),
+            )));
         }
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -258,8 +297,14 @@ impl BoundProxy {
             let _ = a.await;
         }
         tracker.close();
-        if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
-            tracing::warn!(remaining = tracker.len(), "grace period over; closing remaining connections");
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over; closing remaining connections"
+            );
         } else {
             tracing::info!("all connections drained");
         }

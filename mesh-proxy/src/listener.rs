@@ -44,7 +44,12 @@ pub(crate) struct ListenerCtx {
 
 /// Accepts connections until the drain signal, then drops the listener so new connections
 /// are refused.
-pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut drain: watch::Receiver<bool>, tracker: TaskTracker) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    mut drain: watch::Receiver<bool>,
+    tracker: TaskTracker,
+) {
     let dir = ctx.direction.as_str();
     loop {
         let accepted = tokio::select! {
@@ -79,16 +84,30 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ListenerCtx>, mut drai
 /// Where a connection goes, or why it goes nowhere.
 fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &'static str> {
     let sock = socket2::SockRef::from(stream);
-    let orig = if ctx.local.is_ipv4() { sock.original_dst_v4() } else { sock.original_dst_v6() };
-    let orig = orig.ok().and_then(|a| a.as_socket()).filter(|a| *a != ctx.local);
-    let target = orig.or(ctx.target).ok_or("no original destination and no target configured")?;
+    let orig = if ctx.local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    let orig = orig
+        .ok()
+        .and_then(|a| a.as_socket())
+        .filter(|a| *a != ctx.local);
+    let target = orig
+        .or(ctx.target)
+        .ok_or("no original destination and no target configured")?;
     if ctx.own_addrs.iter().any(|own| same_socket(target, *own)) {
         return Err("destination is the proxy's own listener; refusing to loop");
     }
     Ok(target)
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx, drain: watch::Receiver<bool>) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &ListenerCtx,
+    drain: watch::Receiver<bool>,
+) {
     let dir = ctx.direction.as_str();
     let _ = stream.set_nodelay(true);
     let addr = match resolve_target(&stream, ctx) {
@@ -112,7 +131,14 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx, drain: w
     target.tcp.closed(read, written);
 }
 
-async fn serve_detected(stream: TcpStream, peer: SocketAddr, target: &Arc<Target>, ctx: &ListenerCtx, state: &Arc<ConnState>, drain: watch::Receiver<bool>) {
+async fn serve_detected(
+    stream: TcpStream,
+    peer: SocketAddr,
+    target: &Arc<Target>,
+    ctx: &ListenerCtx,
+    state: &Arc<ConnState>,
+    drain: watch::Receiver<bool>,
+) {
     let addr = target.addr;
     let dir = ctx.direction.as_str();
     let (outcome, io) = match detect(ctx.detect, stream).await {
@@ -127,14 +153,29 @@ async fn serve_detected(stream: TcpStream, peer: SocketAddr, target: &Arc<Target
         Protocol::Http1 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
             let svc = ProxyService::new(target.clone(), state.clone());
-            let conn = ctx.server.h1().serve_connection(TokioIo::new(io), svc).with_upgrades();
-            drive(conn, state, Some(ctx.header_timeout), ctx.idle_timeout, drain, |c| c.graceful_shutdown()).await;
+            let conn = ctx
+                .server
+                .h1()
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            drive(
+                conn,
+                state,
+                Some(ctx.header_timeout),
+                ctx.idle_timeout,
+                drain,
+                |c| c.graceful_shutdown(),
+            )
+            .await;
         }
         Protocol::Http2 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http2);
             let svc = ProxyService::new(target.clone(), state.clone());
             let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
-            drive(conn, state, None, ctx.idle_timeout, drain, |c| c.graceful_shutdown()).await;
+            drive(conn, state, None, ctx.idle_timeout, drain, |c| {
+                c.graceful_shutdown()
+            })
+            .await;
         }
         Protocol::Tls(hello) => {
             tracing::debug!(direction = dir, %peer, sni = ?hello.server_name, "forwarding TLS as opaque");

@@ -38,7 +38,12 @@ pub(crate) struct Targets {
 
 impl Targets {
     pub(crate) fn new(direction: Direction, connect: TcpConnect, client: ClientConfig) -> Self {
-        Self { direction, connect, client, cache: Mutex::new(HashMap::new()) }
+        Self {
+            direction,
+            connect,
+            client,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The target for `addr`, built on first use.

@@ -64,19 +64,29 @@ impl App {
     /// When no loopback port can be bound (a broken test environment).
     pub async fn spawn() -> App {
         #[allow(clippy::expect_used)]
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         App::serve(listener)
     }
 
     /// Serves the application on `listener` in a background task.
     pub fn serve(listener: TcpListener) -> App {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = App { addr, seen, stats: Arc::default() };
+        let app = App {
+            addr,
+            seen,
+            stats: Arc::default(),
+        };
         let a = app.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 a.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let a = a.clone();
@@ -117,7 +127,20 @@ impl App {
     async fn handle(&self, req: Request<Incoming>) -> Response<tonic::body::Body> {
         let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
-        let res = self.route(req).await;
+        let head = req.method() == Method::HEAD;
+        let trailer = req.headers().get(http::header::TRAILER).cloned();
+        let mut res = self.route(req).await;
+        if head {
+            // A HEAD response carries the length of the body it omits, and no body.
+            let len = http_body::Body::size_hint(res.body()).exact().unwrap_or(0);
+            res.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+            *res.body_mut() = tonic::body::Body::empty();
+        }
+        if let Some(t) = trailer {
+            // Echoed trailers are declared, as HTTP/1.1 requires for sending them.
+            res.headers_mut().insert(http::header::TRAILER, t);
+        }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         res
     }
@@ -154,7 +177,8 @@ impl App {
             "/" => text(StatusCode::OK, "hello from mesh\n"),
             "/echo" => {
                 let mut res = Response::new(tonic::body::Body::new(req.into_body()));
-                res.headers_mut().insert("x-echo", http::HeaderValue::from_static("1"));
+                res.headers_mut()
+                    .insert("x-echo", http::HeaderValue::from_static("1"));
                 res
             }
             "/slow" => {
@@ -170,7 +194,10 @@ impl App {
             }
             "/ws" => websocket(req),
             p if p.starts_with("/status/") => {
-                let code = p["/status/".len()..].parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok());
+                let code = p["/status/".len()..]
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok());
                 match code {
                     Some(c) => text(c, format!("status {}\n", c.as_u16())),
                     None => text(StatusCode::BAD_REQUEST, "bad status\n"),
@@ -189,7 +216,12 @@ fn websocket(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(up) = on.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(up),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -201,8 +233,14 @@ fn websocket(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
     });
     let mut res = text(StatusCode::SWITCHING_PROTOCOLS, "");
     let h = res.headers_mut();
-    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&accept) {
         h.insert("sec-websocket-accept", v);
     }
@@ -212,6 +250,9 @@ fn websocket(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<tonic::body::Body> {
     let mut res = Response::new(tonic::body::Body::new(Full::new(body.into())));
     *res.status_mut() = status;
-    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
     res
 }

@@ -69,7 +69,9 @@ impl tonic::server::UnaryService<HelloRequest> for SayHello {
         Box::pin(async move {
             let name = req.into_inner().name;
             check(&name)?;
-            Ok(Response::new(HelloReply { message: format!("hello, {name}") }))
+            Ok(Response::new(HelloReply {
+                message: format!("hello, {name}"),
+            }))
         })
     }
 }
@@ -86,7 +88,11 @@ impl tonic::server::ServerStreamingService<HelloRequest> for SayHelloStream {
             let HelloRequest { name, count } = req.into_inner();
             check(&name)?;
             let count = if count == 0 { 3 } else { count.min(1000) };
-            let replies = (0..count).map(move |i| Ok(HelloReply { message: format!("hello {i}, {name}") }));
+            let replies = (0..count).map(move |i| {
+                Ok(HelloReply {
+                    message: format!("hello {i}, {name}"),
+                })
+            });
             let stream: ReplyStream = Box::pin(futures_util::stream::iter(replies));
             Ok(Response::new(stream))
         })
@@ -122,8 +128,12 @@ impl GreeterClient {
     ///
     /// When the connection cannot be made.
     pub async fn connect(addr: std::net::SocketAddr) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-        Ok(Self { inner: tonic::client::Grpc::new(channel) })
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        Ok(Self {
+            inner: tonic::client::Grpc::new(channel),
+        })
     }
 
     /// Calls `SayHello`.
@@ -132,11 +142,21 @@ impl GreeterClient {
     ///
     /// The status the server (or a proxy) answered with.
     pub async fn say_hello(&mut self, name: &str) -> Result<HelloReply, Status> {
-        self.inner.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let req = Request::new(HelloRequest { name: name.to_owned(), count: 0 });
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let req = Request::new(HelloRequest {
+            name: name.to_owned(),
+            count: 0,
+        });
         let res = self
             .inner
-            .unary(req, PathAndQuery::from_static(SAY_HELLO), ProstCodec::<HelloRequest, HelloReply>::default())
+            .unary(
+                req,
+                PathAndQuery::from_static(SAY_HELLO),
+                ProstCodec::<HelloRequest, HelloReply>::default(),
+            )
             .await?;
         Ok(res.into_inner())
     }
@@ -146,12 +166,26 @@ impl GreeterClient {
     /// # Errors
     ///
     /// The status the server (or a proxy) answered with, at the start or mid-stream.
-    pub async fn say_hello_stream(&mut self, name: &str, count: u32) -> Result<Vec<HelloReply>, Status> {
-        self.inner.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let req = Request::new(HelloRequest { name: name.to_owned(), count });
+    pub async fn say_hello_stream(
+        &mut self,
+        name: &str,
+        count: u32,
+    ) -> Result<Vec<HelloReply>, Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let req = Request::new(HelloRequest {
+            name: name.to_owned(),
+            count,
+        });
         let res = self
             .inner
-            .server_streaming(req, PathAndQuery::from_static(SAY_HELLO_STREAM), ProstCodec::<HelloRequest, HelloReply>::default())
+            .server_streaming(
+                req,
+                PathAndQuery::from_static(SAY_HELLO_STREAM),
+                ProstCodec::<HelloRequest, HelloReply>::default(),
+            )
             .await?;
         let mut stream = res.into_inner();
         let mut out = Vec::new();

@@ -92,13 +92,17 @@ struct Inner<C> {
 
 impl<C> Clone for HttpEndpoint<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
 impl<C> std::fmt::Debug for HttpEndpoint<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpEndpoint").field("addr", &self.inner.addr).finish_non_exhaustive()
+        f.debug_struct("HttpEndpoint")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,7 +114,10 @@ where
 {
     /// Connections to `addr`, opened with `connect`.
     pub fn new(addr: SocketAddr, connect: C, config: ClientConfig) -> Self {
-        let idle = Arc::new(IdleList::new(config.max_idle_per_endpoint, config.idle_timeout));
+        let idle = Arc::new(IdleList::new(
+            config.max_idle_per_endpoint,
+            config.idle_timeout,
+        ));
         Self {
             inner: Arc::new(Inner {
                 addr,
@@ -179,7 +186,13 @@ where
                         req = unsent;
                         sender = self.connect_h1().await?;
                     }
-                    _ => return Err(UpstreamError { addr, source: e.into_error() }.into()),
+                    _ => {
+                        return Err(UpstreamError {
+                            addr,
+                            source: e.into_error(),
+                        }
+                        .into());
+                    }
                 },
             }
         };
@@ -212,7 +225,10 @@ where
     async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
         let addr = self.inner.addr;
         let mut sender = self.h2_sender().await?;
-        sender.ready().await.map_err(|source| UpstreamError { addr, source })?;
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError { addr, source })?;
         let res = sender
             .send_request(req)
             .await
@@ -232,7 +248,9 @@ where
         let addr = self.inner.addr;
         let io = self.inner.connect.clone().call(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .max_header_list_size(u32::try_from(self.inner.config.max_response_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(
+                u32::try_from(self.inner.config.max_response_header_bytes).unwrap_or(u32::MAX),
+            )
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError { addr, source })?;

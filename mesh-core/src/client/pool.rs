@@ -28,7 +28,11 @@ struct Idle {
 
 impl IdleList {
     pub(crate) fn new(max: usize, ttl: Duration) -> Self {
-        Self { conns: Mutex::new(Vec::new()), max, ttl }
+        Self {
+            conns: Mutex::new(Vec::new()),
+            max,
+            ttl,
+        }
     }
 
     /// Takes the most recently returned connection that is still open and not expired.
@@ -64,7 +68,10 @@ impl IdleList {
         }
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if conns.len() < self.max {
-            conns.push(Idle { sender, since: Instant::now() });
+            conns.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -73,7 +80,9 @@ impl IdleList {
     pub(crate) fn evict_expired(&self) -> usize {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.sender.is_closed() && now.saturating_duration_since(c.since) <= self.ttl);
+        conns.retain(|c| {
+            !c.sender.is_closed() && now.saturating_duration_since(c.since) <= self.ttl
+        });
         conns.len()
     }
 }

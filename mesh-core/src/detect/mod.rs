@@ -247,7 +247,11 @@ mod tests {
             b"CONNECT example.com:443 HTTP/1.1\r\n",
             b"OPTIONS * HTTP/1.1\n",
         ] {
-            assert_eq!(classify(line), Classification::Done(Protocol::Http1), "{line:?}");
+            assert_eq!(
+                classify(line),
+                Classification::Done(Protocol::Http1),
+                "{line:?}"
+            );
         }
     }
 
@@ -262,7 +266,10 @@ mod tests {
     #[test]
     fn partial_request_lines_need_more() {
         assert_eq!(classify(b"GE"), Classification::NeedMore);
-        assert_eq!(classify(b"GET /index.html HTTP/1."), Classification::NeedMore);
+        assert_eq!(
+            classify(b"GET /index.html HTTP/1."),
+            Classification::NeedMore
+        );
     }
 
     #[test]
@@ -277,10 +284,22 @@ mod tests {
     #[test]
     fn binary_and_banner_protocols_are_opaque() {
         // A PostgreSQL startup message, a Redis inline command with a bad version, SSH.
-        assert_eq!(classify(&[0, 0, 0, 8, 4, 210, 22, 47]), Classification::Done(Protocol::Opaque));
-        assert_eq!(classify(b"PING\r\n"), Classification::Done(Protocol::Opaque));
-        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n"), Classification::Done(Protocol::Opaque));
-        assert_eq!(classify(b"GET / HTTP/3.0\r\n"), Classification::Done(Protocol::Opaque));
+        assert_eq!(
+            classify(&[0, 0, 0, 8, 4, 210, 22, 47]),
+            Classification::Done(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"PING\r\n"),
+            Classification::Done(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            Classification::Done(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"GET / HTTP/3.0\r\n"),
+            Classification::Done(Protocol::Opaque)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -299,8 +318,13 @@ mod tests {
     #[tokio::test]
     async fn bytes_read_are_replayed() {
         let (mut client, server) = tokio::io::duplex(1024);
-        client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
-        let (outcome, mut io) = detect(DetectConfig::default(), server).await.expect("detect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let (outcome, mut io) = detect(DetectConfig::default(), server)
+            .await
+            .expect("detect");
         assert_eq!(outcome, Outcome::Detected(Protocol::Http1));
         client.write_all(b"tail").await.expect("write");
         drop(client);
@@ -326,7 +350,9 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         client.write_all(b"GE").await.expect("write");
         drop(client);
-        let (outcome, io) = detect(DetectConfig::default(), server).await.expect("detect");
+        let (outcome, io) = detect(DetectConfig::default(), server)
+            .await
+            .expect("detect");
         assert_eq!(outcome, Outcome::Eof);
         assert_eq!(&io.prefix()[..], b"GE");
     }
@@ -336,7 +362,10 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         // A request line that never ends and stays printable.
         client.write_all(&vec![b'a'; 20_000]).await.expect("write");
-        let cfg = DetectConfig { max_bytes: 4096, ..DetectConfig::default() };
+        let cfg = DetectConfig {
+            max_bytes: 4096,
+            ..DetectConfig::default()
+        };
         let (outcome, io) = detect(cfg, server).await.expect("detect");
         assert_eq!(outcome.protocol(), Protocol::Opaque);
         assert!(io.prefix().len() <= 4096 + 4096);

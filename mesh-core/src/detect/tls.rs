@@ -212,7 +212,10 @@ pub(crate) mod tests {
     fn every_truncation_is_incomplete_never_a_panic() {
         let rec = client_hello(Some("a.example"), &[b"h2"]);
         for n in 1..rec.len() {
-            assert!(matches!(parse_client_hello(&rec[..n]), Parse::Incomplete), "at {n}");
+            assert!(
+                matches!(parse_client_hello(&rec[..n]), Parse::Incomplete),
+                "at {n}"
+            );
         }
     }
 
@@ -228,7 +231,13 @@ pub(crate) mod tests {
     #[test]
     fn other_records_are_not_tls_hellos() {
         assert!(matches!(parse_client_hello(&[0x16, 9, 9]), Parse::NotTls));
-        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 0]), Parse::NotTls));
-        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]), Parse::NotTls));
+        assert!(matches!(
+            parse_client_hello(&[0x16, 3, 1, 0, 0]),
+            Parse::NotTls
+        ));
+        assert!(matches!(
+            parse_client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
+            Parse::NotTls
+        ));
     }
 }

@@ -89,7 +89,8 @@ impl Config {
     ///
     /// [`ConfigError`] naming the file, line, key and value of the first problem.
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(file, text, String::new(), &e))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| toml_error(file, text, String::new(), &e))?;
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
@@ -98,7 +99,14 @@ impl Config {
         cfg.fill_defaults();
         cfg.check().map_err(|(key, value, reason)| {
             let line = locate(text, key);
-            ConfigError { file: file.to_owned(), line, column: None, key: key.to_owned(), value: Some(value), reason }
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column: None,
+                key: key.to_owned(),
+                value: Some(value),
+                reason,
+            }
         })?;
         Ok(cfg)
     }
@@ -151,24 +159,50 @@ impl Config {
             ));
         }
         if l.http2_max_concurrent_streams == 0 {
-            return Err(("limits.http2_max_concurrent_streams", "0".into(), "must be at least 1".into()));
+            return Err((
+                "limits.http2_max_concurrent_streams",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.client.idle_timeout.is_zero() {
-            return Err(("client.idle_timeout", "\"0s\"".into(), "must be greater than zero".into()));
+            return Err((
+                "client.idle_timeout",
+                "\"0s\"".into(),
+                "must be greater than zero".into(),
+            ));
         }
         for (key, lc, other) in [
             ("outbound.target", &self.outbound, &self.inbound),
             ("inbound.target", &self.inbound, &self.outbound),
         ] {
             if let (Some(target), Some(listen)) = (lc.target, lc.listen) {
-                if lc.enabled && (same_socket(target, listen) || (other.enabled && other.listen.is_some_and(|o| same_socket(target, o)))) {
-                    return Err((key, format!("\"{target}\""), "points at one of the proxy's own listeners, which would loop".into()));
+                if lc.enabled
+                    && (same_socket(target, listen)
+                        || (other.enabled && other.listen.is_some_and(|o| same_socket(target, o))))
+                {
+                    return Err((
+                        key,
+                        format!("\"{target}\""),
+                        "points at one of the proxy's own listeners, which would loop".into(),
+                    ));
                 }
             }
         }
-        if self.outbound.enabled && self.inbound.enabled && self.outbound.listen == self.inbound.listen {
-            let v = self.inbound.listen.map(|a| format!("\"{a}\"")).unwrap_or_default();
-            return Err(("inbound.listen", v, "is the same address as outbound.listen".into()));
+        if self.outbound.enabled
+            && self.inbound.enabled
+            && self.outbound.listen == self.inbound.listen
+        {
+            let v = self
+                .inbound
+                .listen
+                .map(|a| format!("\"{a}\""))
+                .unwrap_or_default();
+            return Err((
+                "inbound.listen",
+                v,
+                "is the same address as outbound.listen".into(),
+            ));
         }
         Ok(())
     }
@@ -178,19 +212,33 @@ impl Config {
 pub(crate) fn same_socket(target: std::net::SocketAddr, listen: std::net::SocketAddr) -> bool {
     target.port() == listen.port()
         && (target.ip() == listen.ip()
-            || (listen.ip().is_unspecified() && (target.ip().is_loopback() || target.ip().is_unspecified())))
+            || (listen.ip().is_unspecified()
+                && (target.ip().is_loopback() || target.ip().is_unspecified())))
 }
 
 fn toml_error(file: &str, text: &str, key: String, e: &toml::de::Error) -> ConfigError {
     let (line, column, value) = match e.span() {
         Some(span) => {
             let (line, column) = position(text, span.start);
-            let value = text.get(span.clone()).map(|v| v.trim().chars().take(120).collect::<String>());
-            (Some(line), Some(column), value.filter(|v| !v.is_empty() && !v.contains('\n')))
+            let value = text
+                .get(span.clone())
+                .map(|v| v.trim().chars().take(120).collect::<String>());
+            (
+                Some(line),
+                Some(column),
+                value.filter(|v| !v.is_empty() && !v.contains('\n')),
+            )
         }
         None => (None, None, None),
     };
-    ConfigError { file: file.to_owned(), line, column, key, value, reason: e.message().to_owned() }
+    ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        key,
+        value,
+        reason: e.message().to_owned(),
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -244,9 +292,13 @@ mod tests {
 
     #[test]
     fn partial_sections_keep_other_defaults() {
-        let cfg = Config::from_toml("t.toml", "[inbound]\ntarget = \"127.0.0.1:8080\"\n").expect("valid");
+        let cfg =
+            Config::from_toml("t.toml", "[inbound]\ntarget = \"127.0.0.1:8080\"\n").expect("valid");
         assert_eq!(cfg.inbound.listen, Some(super::super::INBOUND_LISTEN));
-        assert_eq!(cfg.inbound.target, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert_eq!(
+            cfg.inbound.target,
+            Some("127.0.0.1:8080".parse().expect("addr"))
+        );
         assert!(cfg.inbound.opaque_ports.contains(&3306));
     }
 
@@ -255,15 +307,60 @@ mod tests {
         // (text, key, line, a fragment of the value)
         let table: &[(&str, &str, usize, &str)] = &[
             ("[admin]\nlisten = \"nope\"\n", "admin.listen", 2, "nope"),
-            ("[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = 80\n", "outbound.target", 3, "80"),
-            ("[limits]\nidle_timeout = \"soon\"\n", "limits.idle_timeout", 2, "soon"),
-            ("[limits]\nmax_request_headers = 0\n", "limits.max_request_headers", 2, "0"),
-            ("[limits]\nmax_request_header_bytes = \"lots\"\n", "limits.max_request_header_bytes", 2, "lots"),
-            ("[limits]\nmax_request_header_bytes = \"1KiB\"\n", "limits.max_request_header_bytes", 2, "1024"),
-            ("[limits]\nconnect_timeout = \"0s\"\n", "limits.connect_timeout", 2, "0s"),
-            ("[limits]\nhttp2_max_concurrent_streams = 0\n", "limits.http2_max_concurrent_streams", 2, "0"),
-            ("[limits]\nhttp2_max_concurrent_streams = -1\n", "limits.http2_max_concurrent_streams", 2, "-1"),
-            ("[inbound]\nopaque_ports = [25, 70000]\n", "inbound.opaque_ports[1]", 2, "70000"),
+            (
+                "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = 80\n",
+                "outbound.target",
+                3,
+                "80",
+            ),
+            (
+                "[limits]\nidle_timeout = \"soon\"\n",
+                "limits.idle_timeout",
+                2,
+                "soon",
+            ),
+            (
+                "[limits]\nmax_request_headers = 0\n",
+                "limits.max_request_headers",
+                2,
+                "0",
+            ),
+            (
+                "[limits]\nmax_request_header_bytes = \"lots\"\n",
+                "limits.max_request_header_bytes",
+                2,
+                "lots",
+            ),
+            (
+                "[limits]\nmax_request_header_bytes = \"1KiB\"\n",
+                "limits.max_request_header_bytes",
+                2,
+                "1024",
+            ),
+            (
+                "[limits]\nconnect_timeout = \"0s\"\n",
+                "limits.connect_timeout",
+                2,
+                "0s",
+            ),
+            (
+                "[limits]\nhttp2_max_concurrent_streams = 0\n",
+                "limits.http2_max_concurrent_streams",
+                2,
+                "0",
+            ),
+            (
+                "[limits]\nhttp2_max_concurrent_streams = -1\n",
+                "limits.http2_max_concurrent_streams",
+                2,
+                "-1",
+            ),
+            (
+                "[inbound]\nopaque_ports = [25, 70000]\n",
+                "inbound.opaque_ports[1]",
+                2,
+                "70000",
+            ),
             ("[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
             (
                 "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = \"127.0.0.1:4140\"\n",
@@ -300,7 +397,9 @@ mod tests {
 
     #[test]
     fn duplicate_listen_addresses_are_rejected() {
-        let e = err("[outbound]\nlisten = \"127.0.0.1:5000\"\n[inbound]\nlisten = \"127.0.0.1:5000\"\n");
+        let e = err(
+            "[outbound]\nlisten = \"127.0.0.1:5000\"\n[inbound]\nlisten = \"127.0.0.1:5000\"\n",
+        );
         assert_eq!(e.key(), "inbound.listen");
         assert_eq!(e.line(), Some(4));
     }

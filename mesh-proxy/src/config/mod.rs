@@ -70,9 +70,11 @@ impl Config {
 }
 
 /// The default outbound listener address, `127.0.0.1:4140`.
-pub const OUTBOUND_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4140);
+pub const OUTBOUND_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4140);
 /// The default inbound listener address, `0.0.0.0:4143`.
-pub const INBOUND_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4143);
+pub const INBOUND_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4143);
 
 /// The admin server (`/metrics`, `/ready`, `/live`, `/config.json`, `/log-level`,
 /// `/shutdown`).
@@ -85,7 +87,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 4191)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4191)),
+        }
     }
 }
 
@@ -110,18 +114,26 @@ pub struct ListenerConfig {
 /// PostgreSQL, Redis, Elasticsearch transport, memcached (Linkerd's list plus the common
 /// server-speaks-first mail and file protocols).
 pub fn default_opaque_ports() -> Vec<u16> {
-    vec![21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379, 9300, 11211]
+    vec![
+        21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379, 9300, 11211,
+    ]
 }
 
 impl ListenerConfig {
     /// The default outbound listener, `127.0.0.1:4140`.
     pub fn outbound() -> Self {
-        Self { listen: Some(OUTBOUND_LISTEN), ..Self::default() }
+        Self {
+            listen: Some(OUTBOUND_LISTEN),
+            ..Self::default()
+        }
     }
 
     /// The default inbound listener, `0.0.0.0:4143`.
     pub fn inbound() -> Self {
-        Self { listen: Some(INBOUND_LISTEN), ..Self::default() }
+        Self {
+            listen: Some(INBOUND_LISTEN),
+            ..Self::default()
+        }
     }
 }
 
@@ -129,7 +141,12 @@ impl ListenerConfig {
 /// loaded ([`Config::from_toml`]).
 impl Default for ListenerConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: None, target: None, opaque_ports: default_opaque_ports() }
+        Self {
+            enabled: true,
+            listen: None,
+            target: None,
+            opaque_ports: default_opaque_ports(),
+        }
     }
 }
 
@@ -188,7 +205,9 @@ impl Limits {
         if let Some(n) = self.max_connections {
             return n.get();
         }
-        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
         let soft = usize::try_from(soft).unwrap_or(usize::MAX);
         (soft.saturating_sub(64) / 2).clamp(16, 100_000)
     }
@@ -207,7 +226,10 @@ pub struct ClientSettings {
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        Self { max_idle_per_endpoint: 256, idle_timeout: Duration::from_secs(30) }
+        Self {
+            max_idle_per_endpoint: 256,
+            idle_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -223,6 +245,8 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(30) }
+        Self {
+            grace: Duration::from_secs(30),
+        }
     }
 }
