@@ -103,10 +103,8 @@ impl Body for ProxyBody {
                         // hyper stops polling once `is_end_stream` is true, so the last
                         // frame, not only the final `None`, returns the connection.
                         let ended = matches!(polled, Poll::Ready(None)) || body_ended(&this.kind);
-                        if ended {
-                            if let Some(r) = this.on_eos.take() {
-                                r.give_back();
-                            }
+                        if ended && let Some(r) = this.on_eos.take() {
+                            r.give_back();
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {

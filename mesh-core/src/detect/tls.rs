@@ -80,10 +80,10 @@ pub(super) fn parse_client_hello(buf: &[u8]) -> Parse {
         return Parse::NotTls;
     }
     // The handshake header tells whether this is a ClientHello before the record is whole.
-    if let Some(&msg_type) = rec.0.first() {
-        if msg_type != HANDSHAKE_CLIENT_HELLO {
-            return Parse::NotTls;
-        }
+    if let Some(&msg_type) = rec.0.first()
+        && msg_type != HANDSHAKE_CLIENT_HELLO
+    {
+        return Parse::NotTls;
     }
     let Some(payload) = rec.take(len) else {
         return Parse::Incomplete;

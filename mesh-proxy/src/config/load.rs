@@ -1,6 +1,7 @@
 //! Loading and validating a configuration file, with errors that point at the problem.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,7 +12,11 @@ use super::Config;
 /// Its message names the file, the line, the key and the offending value, e.g.
 /// `sidecar.toml:7:10: key limits.idle_timeout = "soon": invalid duration`.
 #[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
+#[error("{0}")]
+pub struct ConfigError(Box<Details>);
+
+#[derive(Debug)]
+struct Details {
     file: String,
     line: Option<usize>,
     column: Option<usize>,
@@ -20,29 +25,35 @@ pub struct ConfigError {
     reason: String,
 }
 
+impl From<Details> for ConfigError {
+    fn from(d: Details) -> Self {
+        Self(Box::new(d))
+    }
+}
+
 impl ConfigError {
     /// The dotted key the problem is at (`limits.idle_timeout`), empty for whole-file errors.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     /// The 1-based line of the problem, when known.
     pub fn line(&self) -> Option<usize> {
-        self.line
+        self.0.line
     }
 
     /// The offending value as written, when known.
     pub fn value(&self) -> Option<&str> {
-        self.value.as_deref()
+        self.0.value.as_deref()
     }
 
     /// What is wrong with it.
     pub fn reason(&self) -> &str {
-        &self.reason
+        &self.0.reason
     }
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for Details {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
         if let Some(line) = self.line {
@@ -72,7 +83,7 @@ impl Config {
     /// I/O error reading the file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = std::fs::read_to_string(path).map_err(|e| Details {
             file: name.clone(),
             line: None,
             column: None,
@@ -99,14 +110,14 @@ impl Config {
         cfg.fill_defaults();
         cfg.check().map_err(|(key, value, reason)| {
             let line = locate(text, key);
-            ConfigError {
+            ConfigError::from(Details {
                 file: file.to_owned(),
                 line,
                 column: None,
                 key: key.to_owned(),
                 value: Some(value),
                 reason,
-            }
+            })
         })?;
         Ok(cfg)
     }
@@ -118,13 +129,16 @@ impl Config {
     ///
     /// [`ConfigError`] naming the key and value (the file is reported as `<config>`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(|(key, value, reason)| ConfigError {
-            file: "<config>".to_owned(),
-            line: None,
-            column: None,
-            key: key.to_owned(),
-            value: Some(value),
-            reason,
+        self.check().map_err(|(key, value, reason)| {
+            Details {
+                file: "<config>".to_owned(),
+                line: None,
+                column: None,
+                key: key.to_owned(),
+                value: Some(value),
+                reason,
+            }
+            .into()
         })
     }
 
@@ -176,17 +190,18 @@ impl Config {
             ("outbound.target", &self.outbound, &self.inbound),
             ("inbound.target", &self.inbound, &self.outbound),
         ] {
-            if let (Some(target), Some(listen)) = (lc.target, lc.listen) {
-                if lc.enabled
-                    && (same_socket(target, listen)
-                        || (other.enabled && other.listen.is_some_and(|o| same_socket(target, o))))
-                {
-                    return Err((
-                        key,
-                        format!("\"{target}\""),
-                        "points at one of the proxy's own listeners, which would loop".into(),
-                    ));
-                }
+            let Some(target) = lc.target.filter(|_| lc.enabled) else {
+                continue;
+            };
+            let loops = |addr: Option<SocketAddr>, enabled: bool| {
+                enabled && addr.is_some_and(|a| same_socket(target, a))
+            };
+            if loops(lc.listen, lc.enabled) || loops(other.listen, other.enabled) {
+                return Err((
+                    key,
+                    format!("\"{target}\""),
+                    "points at one of the proxy's own listeners, which would loop".into(),
+                ));
             }
         }
         if self.outbound.enabled
@@ -209,7 +224,7 @@ impl Config {
 }
 
 /// Whether a connection to `target` would arrive at a listener bound to `listen`.
-pub(crate) fn same_socket(target: std::net::SocketAddr, listen: std::net::SocketAddr) -> bool {
+pub(crate) fn same_socket(target: SocketAddr, listen: SocketAddr) -> bool {
     target.port() == listen.port()
         && (target.ip() == listen.ip()
             || (listen.ip().is_unspecified()
@@ -231,7 +246,7 @@ fn toml_error(file: &str, text: &str, key: String, e: &toml::de::Error) -> Confi
         }
         None => (None, None, None),
     };
-    ConfigError {
+    Details {
         file: file.to_owned(),
         line,
         column,
@@ -239,6 +254,7 @@ fn toml_error(file: &str, text: &str, key: String, e: &toml::de::Error) -> Confi
         value,
         reason: e.message().to_owned(),
     }
+    .into()
 }
 
 /// 1-based line and column of a byte offset.
@@ -257,12 +273,11 @@ fn locate(text: &str, dotted: &str) -> Option<usize> {
         let line = raw.trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             current = name.trim().to_owned();
-        } else if current == section {
-            if let Some((k, _)) = line.split_once('=') {
-                if k.trim() == key {
-                    return Some(i + 1);
-                }
-            }
+        } else if current == section
+            && let Some((k, _)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(i + 1);
         }
     }
     None

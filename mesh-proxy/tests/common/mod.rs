@@ -1,6 +1,12 @@
 //! Shared harness for the proxy's end-to-end tests: a proxy on `127.0.0.1:0` in front of
 //! the hello app, and small HTTP clients.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -51,14 +57,13 @@ pub async fn proxy(cfg: Config) -> TestProxy {
 /// Starts a prepared proxy.
 pub async fn proxy_with(p: Proxy) -> TestProxy {
     let bound = p.bind().await.expect("bind proxy");
-    let t = TestProxy {
+    TestProxy {
         outbound: bound.outbound_addr().expect("outbound"),
         inbound: bound.inbound_addr().expect("inbound"),
         admin: bound.admin_addr(),
         shutdown: bound.shutdown_handle(),
         task: tokio::spawn(bound.run()),
-    };
-    t
+    }
 }
 
 /// The hello app and a default proxy in front of it.
@@ -84,7 +89,10 @@ impl ChannelBody {
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rx.poll_recv(cx).map(|f| f.map(Ok))
     }
 }
@@ -92,7 +100,9 @@ impl Body for ChannelBody {
 pub type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> TestBody {
@@ -102,7 +112,9 @@ pub fn empty() -> TestBody {
 /// An HTTP/1.1 client connection to `addr`.
 pub async fn h1(addr: SocketAddr) -> http1::SendRequest<TestBody> {
     let io = TcpStream::connect(addr).await.expect("connect");
-    let (tx, conn) = http1::handshake(TokioIo::new(io)).await.expect("h1 handshake");
+    let (tx, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .expect("h1 handshake");
     tokio::spawn(conn.with_upgrades());
     tx
 }
@@ -110,7 +122,9 @@ pub async fn h1(addr: SocketAddr) -> http1::SendRequest<TestBody> {
 /// An HTTP/2 (prior knowledge) client connection to `addr`.
 pub async fn h2(addr: SocketAddr) -> http2::SendRequest<TestBody> {
     let io = TcpStream::connect(addr).await.expect("connect");
-    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.expect("h2 handshake");
+    let (tx, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .expect("h2 handshake");
     tokio::spawn(conn);
     tx
 }
@@ -151,9 +165,22 @@ pub fn get(addr: SocketAddr, path: &str, version: http::Version) -> http::Reques
     request(http::Method::GET, addr, path, version, empty())
 }
 
-pub fn request(method: http::Method, addr: SocketAddr, path: &str, version: http::Version, body: TestBody) -> http::Request<TestBody> {
-    let uri = if version == http::Version::HTTP_2 { format!("http://{addr}{path}") } else { path.to_owned() };
-    let mut b = http::Request::builder().method(method).uri(uri).version(version);
+pub fn request(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    version: http::Version,
+    body: TestBody,
+) -> http::Request<TestBody> {
+    let uri = if version == http::Version::HTTP_2 {
+        format!("http://{addr}{path}")
+    } else {
+        path.to_owned()
+    };
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(version);
     if version != http::Version::HTTP_2 {
         b = b.header(http::header::HOST, addr.to_string());
     }
