@@ -38,7 +38,10 @@ impl FromStr for Identity {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         spiffe::SpiffeId::new(s)
             .map(Identity)
-            .map_err(|e| InvalidIdentity { input: s.chars().take(256).collect(), reason: e.to_string() })
+            .map_err(|e| InvalidIdentity {
+                input: s.chars().take(256).collect(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -54,7 +57,9 @@ mod tests {
 
     #[test]
     fn parses_workload_ids() {
-        let id: Identity = "spiffe://cluster.local/ns/default/sa/web".parse().expect("valid");
+        let id: Identity = "spiffe://cluster.local/ns/default/sa/web"
+            .parse()
+            .expect("valid");
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.path(), "/ns/default/sa/web");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/web");
@@ -62,7 +67,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_ids() {
-        for bad in ["", "http://cluster.local/x", "spiffe://", "spiffe://UPPER/x", "spiffe://td/a//b"] {
+        for bad in [
+            "",
+            "http://cluster.local/x",
+            "spiffe://",
+            "spiffe://UPPER/x",
+            "spiffe://td/a//b",
+        ] {
             assert!(bad.parse::<Identity>().is_err(), "{bad}");
         }
     }
