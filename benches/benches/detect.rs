@@ -67,12 +67,18 @@ fn classify_binary() -> mesh_core::detect::Classification {
 
 #[divan::bench]
 fn detect_http1_from_socket_buffer(b: divan::Bencher) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     b.bench(|| {
         rt.block_on(async {
             let (mut client, server) = tokio::io::duplex(4096);
             let _ = client.write_all(HTTP1).await;
-            detect(DetectConfig::default(), server).await.map(|(outcome, _io)| outcome).ok()
+            detect(DetectConfig::default(), server)
+                .await
+                .map(|(outcome, _io)| outcome)
+                .ok()
         })
     });
 }

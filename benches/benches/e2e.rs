@@ -22,7 +22,10 @@ use mesh_proxy::config::Config;
 use mesh_test::app::App;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn spawn_runtime<F, T>(f: F) -> T
@@ -32,7 +35,10 @@ where
 {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
         rt.block_on(async move {
             let v = f().await;
             let _ = tx.send(v);
@@ -54,25 +60,39 @@ async fn load(addr: SocketAddr, h2: bool, conns: usize, total: usize) -> Report 
     let mut tasks = Vec::new();
     for _ in 0..conns {
         tasks.push(tokio::spawn(async move {
-            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect: {e}")));
+            let io = TokioIo::new(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect: {e}")),
+            );
             let mut lat = Vec::with_capacity(per_conn);
             if h2 {
-                let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap_or_else(|e| panic!("{e}"));
+                let (mut tx, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
                 tokio::spawn(conn);
                 for _ in 0..per_conn {
                     let t = Instant::now();
-                    let req = http::Request::get(format!("http://{addr}/")).body(Empty::<Bytes>::new()).unwrap_or_else(|e| panic!("{e}"));
+                    let req = http::Request::get(format!("http://{addr}/"))
+                        .body(Empty::<Bytes>::new())
+                        .unwrap_or_else(|e| panic!("{e}"));
                     let res = tx.send_request(req).await.unwrap_or_else(|e| panic!("{e}"));
                     let _ = res.into_body().collect().await;
                     lat.push(t.elapsed());
                 }
             } else {
-                let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap_or_else(|e| panic!("{e}"));
+                let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 tokio::spawn(conn);
                 for _ in 0..per_conn {
                     let t = Instant::now();
                     let _ = tx.ready().await;
-                    let req = http::Request::get("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap_or_else(|e| panic!("{e}"));
+                    let req = http::Request::get("/")
+                        .header("host", "bench")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap_or_else(|e| panic!("{e}"));
                     let res = tx.send_request(req).await.unwrap_or_else(|e| panic!("{e}"));
                     let _ = res.into_body().collect().await;
                     lat.push(t.elapsed());
@@ -87,8 +107,16 @@ async fn load(addr: SocketAddr, h2: bool, conns: usize, total: usize) -> Report 
     }
     let elapsed = start.elapsed();
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
-    Report { rps: all.len() as f64 / elapsed.as_secs_f64(), p50: pct(0.50), p99: pct(0.99) }
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Report {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
 }
 
 fn main() {
@@ -103,15 +131,24 @@ fn main() {
             cfg.outbound.listen = Some(any);
             cfg.inbound.enabled = false;
             cfg.outbound.target = Some(app);
-            let bound = Proxy::new(cfg).bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
+            let bound = Proxy::new(cfg)
+                .bind()
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}"));
             let addr = bound.outbound_addr().unwrap_or(any);
             tokio::spawn(bound.run());
             addr
         })
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     println!("{total} requests over {conns} connections, GET / (16-byte body)");
-    println!("{:<10} {:<8} {:>12} {:>10} {:>10} {:>14}", "scenario", "target", "req/s", "p50 µs", "p99 µs", "ratio/direct");
+    println!(
+        "{:<10} {:<8} {:>12} {:>10} {:>10} {:>14}",
+        "scenario", "target", "req/s", "p50 µs", "p99 µs", "ratio/direct"
+    );
     for (name, h2) in [("http/1.1", false), ("h2c", true)] {
         // Warm up pools and caches.
         rt.block_on(load(proxy, h2, conns, conns * 50));

@@ -29,8 +29,19 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers in place. With `upgrade`, the headers that carry the upgrade
 /// request or its `101` answer are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // The common case has no `Connection` header and no hop-by-hop fields at all; check
-    // before touching the map.
+    // The common case has no hop-by-hop field at all: one pass over the names (cheap
+    // comparisons for standard headers) instead of a hashed removal per field.
+    let any = headers.keys().any(|k| {
+        k == CONNECTION
+            || k == TE
+            || k == TRANSFER_ENCODING
+            || k == UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)

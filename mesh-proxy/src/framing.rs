@@ -8,6 +8,9 @@
 //! request smuggling. The parsed header map no longer shows the conflict, so this scanner
 //! looks at the raw request head as it is read and records what it saw.
 //!
+//! It also rejects bare LF line endings in the head (DESIGN.md §5): httparse accepts them,
+//! but a downstream parser that does not is a classic smuggling split.
+//!
 //! It only looks at header names at line starts, only within the head, and stops at the
 //! blank line; body bytes are never examined.
 
@@ -24,6 +27,7 @@ pub(crate) struct HeadScanner {
     /// short `Content-Length` value.
     line: [u8; 32],
     line_len: usize,
+    bare_lf: bool,
     content_lengths: u8,
     content_length_list: bool,
     transfer_encoding: bool,
@@ -69,6 +73,8 @@ impl HeadScanner {
             Some("request has more than one content-length")
         } else if self.content_length_list {
             Some("request content-length is a list")
+        } else if self.bare_lf {
+            Some("request head uses a bare LF line ending")
         } else {
             None
         };
@@ -76,6 +82,14 @@ impl HeadScanner {
     }
 
     fn push(&mut self, part: &[u8]) {
+        // Only the last byte before the LF matters for the line ending; keep it even when the
+        // line is longer than the kept prefix.
+        if self.line_len == self.line.len() {
+            if let Some(&last) = part.last() {
+                self.line[self.line.len() - 1] = last;
+            }
+            return;
+        }
         let room = self.line.len() - self.line_len;
         let n = part.len().min(room);
         for (dst, src) in self.line[self.line_len..self.line_len + n]
@@ -85,16 +99,20 @@ impl HeadScanner {
             *dst = src.to_ascii_lowercase();
         }
         self.line_len += n;
-        // Remember that the line is longer than what is kept, so it is never taken for empty.
+        // A line longer than the kept prefix keeps its true last byte in the final slot.
         if part.len() > n {
             self.line_len = self.line.len();
+            if let Some(&last) = part.last() {
+                self.line[self.line.len() - 1] = last;
+            }
         }
     }
 
     fn end_line(&mut self) {
         let mut line = &self.line[..self.line_len];
-        if let Some(stripped) = line.strip_suffix(b"\r") {
-            line = stripped;
+        match line.strip_suffix(b"\r") {
+            Some(stripped) => line = stripped,
+            None => self.bare_lf = true,
         }
         if line.is_empty() {
             self.done = true;
@@ -140,6 +158,8 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
             b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
         ];
         for head in cases {
             for split in 0..head.len() {

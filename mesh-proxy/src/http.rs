@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::BoxError;
 use mesh_core::body::ProxyBody;
 use mesh_core::errors::{BadRequest, error_response};
@@ -25,6 +25,7 @@ use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
 use mesh_core::metrics::Classification;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::conn::{ConnState, RequestGuard};
@@ -40,17 +41,22 @@ pub(crate) struct ServerSettings {
 impl ServerSettings {
     pub(crate) fn new(limits: &Limits) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
-        let max_buf =
+        let max_head =
             usize::try_from(limits.max_request_header_bytes.as_u64()).unwrap_or(usize::MAX);
-        h1.max_buf_size(max_buf.max(8192)).timer(TokioTimer::new());
+        // `max_header_size` is exact for a complete head; the read buffer bound makes an
+        // endless head fail at about the same size instead of buffering up to hyper's 400 KiB.
+        h1.max_header_size(max_head)
+            .max_buf_size(max_head.saturating_add(4096).max(8192));
+        // No timer: with one, hyper arms its own 30 s header-read timeout, which re-arms a
+        // boxed sleep per request and closes idle keep-alive connections. The connection
+        // watchdog (`conn.rs`) enforces the header timeout instead.
         // hyper's default is 100; setting it moves header indices to the heap, so only
         // when it differs.
         if limits.max_request_headers.get() != 100 {
             h1.max_headers(limits.max_request_headers.get());
         }
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        h2.max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(
                 u32::try_from(limits.http2_max_header_list_bytes.as_u64()).unwrap_or(u32::MAX),
             );
@@ -71,11 +77,17 @@ impl ServerSettings {
 pub(crate) struct ProxyService {
     target: Arc<Target>,
     conn: Arc<ConnState>,
+    /// Ends upgraded tunnels when the proxy gives up draining.
+    abort: CancellationToken,
 }
 
 impl ProxyService {
-    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>) -> Self {
-        Self { target, conn }
+    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>, abort: CancellationToken) -> Self {
+        Self {
+            target,
+            conn,
+            abort,
+        }
     }
 }
 
@@ -88,11 +100,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let guard = self.conn.request_started();
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
+        let abort = self.abort.clone();
         Box::pin(async move {
             let start = Instant::now();
             target.http.request();
             let grpc = is_grpc(&req);
-            let res = match forward(&target, req, ambiguous).await {
+            let res = match forward(&target, req, ambiguous, abort).await {
                 Ok(res) => res,
                 Err(error) => {
                     tracing::info!(dst = %target.addr, %error, "request failed");
@@ -119,6 +132,7 @@ async fn forward(
     target: &Target,
     mut req: Request<Incoming>,
     ambiguous: bool,
+    abort: CancellationToken,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, or repeated content-length)").into());
@@ -134,7 +148,7 @@ async fn forward(
     if let (true, Some(downstream)) = (switched, downstream) {
         let upstream = hyper::upgrade::on(&mut res);
         let dst = target.addr;
-        tokio::spawn(async move {
+        tokio::spawn(abort.run_until_cancelled_owned(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
                     let mut down = TokioIo::new(down);
@@ -146,7 +160,7 @@ async fn forward(
                 }
                 Err(error) => tracing::debug!(%dst, %error, "upgrade failed"),
             }
-        });
+        }));
     }
     Ok(res)
 }

@@ -16,6 +16,7 @@ use mesh_core::detect::DetectConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Direction;
@@ -268,6 +269,7 @@ impl BoundProxy {
         let prometheus = self.admin_state.prometheus.clone();
         let mut ctxs = Vec::new();
         let mut accept_loops = Vec::new();
+        let abort = CancellationToken::new();
         for (l, ctx) in self.listeners {
             ctxs.push(ctx.clone());
             accept_loops.push(tokio::spawn(listener::serve(
@@ -275,6 +277,7 @@ impl BoundProxy {
                 ctx,
                 self.shutdown.subscribe(),
                 tracker.clone(),
+                abort.clone(),
             )));
         }
         let housekeeping = tokio::spawn(async move {
@@ -305,6 +308,8 @@ impl BoundProxy {
                 remaining = tracker.len(),
                 "grace period over; closing remaining connections"
             );
+            abort.cancel();
+            tracker.wait().await;
         } else {
             tracing::info!("all connections drained");
         }

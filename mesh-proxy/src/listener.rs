@@ -16,6 +16,7 @@ use mesh_core::detect::{DetectConfig, Protocol, detect};
 use mesh_core::metrics::record_detect;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Direction;
@@ -49,6 +50,7 @@ pub(crate) async fn serve(
     ctx: Arc<ListenerCtx>,
     mut drain: watch::Receiver<bool>,
     tracker: TaskTracker,
+    abort: CancellationToken,
 ) {
     let dir = ctx.direction.as_str();
     loop {
@@ -73,8 +75,13 @@ pub(crate) async fn serve(
         };
         let ctx = ctx.clone();
         let drain = drain.clone();
+        let abort = abort.clone();
         tracker.spawn(async move {
-            handle(stream, peer, &ctx, drain).await;
+            // After the grace period the proxy aborts what is left.
+            tokio::select! {
+                () = handle(stream, peer, &ctx, drain, &abort) => {}
+                () = abort.cancelled() => {}
+            }
             drop(permit);
         });
     }
@@ -107,6 +114,7 @@ async fn handle(
     peer: SocketAddr,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
+    abort: &CancellationToken,
 ) {
     let dir = ctx.direction.as_str();
     let _ = stream.set_nodelay(true);
@@ -125,7 +133,7 @@ async fn handle(
         let mut io = ServerIo::new(stream, state.clone(), Watch::Bytes);
         opaque(&mut io, addr, ctx, &state).await;
     } else {
-        serve_detected(stream, peer, &target, ctx, &state, drain).await;
+        serve_detected(stream, peer, &target, ctx, &state, drain, abort).await;
     }
     let (read, written) = state.bytes();
     target.tcp.closed(read, written);
@@ -138,6 +146,7 @@ async fn serve_detected(
     ctx: &ListenerCtx,
     state: &Arc<ConnState>,
     drain: watch::Receiver<bool>,
+    abort: &CancellationToken,
 ) {
     let addr = target.addr;
     let dir = ctx.direction.as_str();
@@ -152,7 +161,7 @@ async fn serve_detected(
     match outcome.protocol() {
         Protocol::Http1 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
-            let svc = ProxyService::new(target.clone(), state.clone());
+            let svc = ProxyService::new(target.clone(), state.clone(), abort.clone());
             let conn = ctx
                 .server
                 .h1()
@@ -170,7 +179,7 @@ async fn serve_detected(
         }
         Protocol::Http2 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http2);
-            let svc = ProxyService::new(target.clone(), state.clone());
+            let svc = ProxyService::new(target.clone(), state.clone(), abort.clone());
             let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
             drive(conn, state, None, ctx.idle_timeout, drain, |c| {
                 c.graceful_shutdown()

@@ -165,14 +165,14 @@ where
         // request started: then the upstream cannot have seen any of it.
         let (mut sender, reused) = match self.inner.idle.checkout() {
             Some(s) => (s, true),
-            None => (self.connect_h1().await?, false),
+            None => (Box::pin(self.connect_h1()).await?, false),
         };
         let mut may_retry = reused;
         let res = loop {
             if let Err(source) = sender.ready().await {
                 if may_retry {
                     may_retry = false;
-                    sender = self.connect_h1().await?;
+                    sender = Box::pin(self.connect_h1()).await?;
                     continue;
                 }
                 return Err(UpstreamError { addr, source }.into());
@@ -184,7 +184,7 @@ where
                         tracing::debug!(%addr, error = %e.error(), "pooled connection closed; reconnecting");
                         may_retry = false;
                         req = unsent;
-                        sender = self.connect_h1().await?;
+                        sender = Box::pin(self.connect_h1()).await?;
                     }
                     _ => {
                         return Err(UpstreamError {
@@ -240,6 +240,11 @@ where
         if let Some(s) = self.cached_h2() {
             return Ok(s);
         }
+        // Connecting is rare; boxing it keeps every request's future small.
+        Box::pin(self.connect_h2()).await
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<Incoming>, BoxError> {
         // One connect at a time, so a burst of first requests shares one connection.
         let _connecting = self.inner.h2_connecting.lock().await;
         if let Some(s) = self.cached_h2() {

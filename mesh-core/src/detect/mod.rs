@@ -11,6 +11,10 @@
 //! opaque forwarding. Ports known to carry such protocols skip detection entirely (the proxy's
 //! `opaque_ports`), so their clients see no added delay at all.
 //!
+//! A client that has sent the start of an HTTP request line and then paused is *not* opaque:
+//! forwarding it byte for byte would let it past every HTTP check (framing, header limits,
+//! the header-read timeout) just by sending slowly. Such a connection is handled as HTTP/1.
+//!
 //! The bytes read are never lost: [`detect`] returns them inside a [`PrefixedIo`], which
 //! replays them before reading from the socket again.
 //!
@@ -71,19 +75,19 @@ impl Protocol {
 pub enum Outcome {
     /// The first bytes identified the protocol.
     Detected(Protocol),
-    /// The client sent nothing conclusive before the timeout; forwarded as opaque.
-    Timeout,
-    /// The client closed before sending anything conclusive; whatever it sent is forwarded
-    /// as opaque.
-    Eof,
+    /// Nothing conclusive arrived before the timeout. The connection is handled as HTTP/1
+    /// when a partial request line was read, otherwise as opaque TCP.
+    Timeout(Protocol),
+    /// The client closed its side before sending anything conclusive; handled by the same
+    /// rule as a timeout.
+    Eof(Protocol),
 }
 
 impl Outcome {
     /// The protocol the connection is handled as.
     pub fn protocol(&self) -> Protocol {
         match self {
-            Outcome::Detected(p) => p.clone(),
-            Outcome::Timeout | Outcome::Eof => Protocol::Opaque,
+            Outcome::Detected(p) | Outcome::Timeout(p) | Outcome::Eof(p) => p.clone(),
         }
     }
 
@@ -91,10 +95,19 @@ impl Outcome {
     /// `timeout` when detection gave up waiting.
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Detected(p) => p.label(),
-            Outcome::Timeout => "timeout",
-            Outcome::Eof => "opaque",
+            Outcome::Detected(p) | Outcome::Eof(p) => p.label(),
+            Outcome::Timeout(_) => "timeout",
         }
+    }
+}
+
+/// The protocol for bytes that [`classify`] could not decide yet: a plausible partial HTTP
+/// request line (or HTTP/2 preface) is HTTP/1, so hyper's parser and the proxy's HTTP limits
+/// judge it; nothing at all, or a partial TLS record, is opaque.
+fn undecided(buf: &[u8]) -> Protocol {
+    match buf.first() {
+        None | Some(&tls::CONTENT_TYPE_HANDSHAKE) => Protocol::Opaque,
+        Some(_) => Protocol::Http1,
     }
 }
 
@@ -220,9 +233,9 @@ where
         }
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
         match read {
-            Err(_elapsed) => break Outcome::Timeout,
+            Err(_elapsed) => break Outcome::Timeout(undecided(&buf)),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => break Outcome::Eof,
+            Ok(Ok(0)) => break Outcome::Eof(undecided(&buf)),
             Ok(Ok(_)) => {
                 let limit = buf.len().min(config.max_bytes);
                 if let Classification::Done(p) = classify(&buf[..limit]) {
@@ -308,8 +321,8 @@ mod tests {
         let cfg = DetectConfig::default();
         let start = tokio::time::Instant::now();
         let (outcome, io) = detect(cfg, server).await.expect("detect");
-        assert_eq!(outcome, Outcome::Timeout);
-        assert_eq!(outcome.protocol(), Protocol::Opaque);
+        assert_eq!(outcome, Outcome::Timeout(Protocol::Opaque));
+        assert_eq!(outcome.label(), "timeout");
         assert_eq!(start.elapsed(), cfg.timeout);
         assert!(io.prefix().is_empty());
         drop(client);
@@ -345,15 +358,38 @@ mod tests {
         assert_eq!(&io.prefix()[..], b"GET /slow HTTP/1.1\r\n");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_request_line_is_still_http() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"POST /echo HT").await.expect("write");
+        let (outcome, io) = detect(DetectConfig::default(), server)
+            .await
+            .expect("detect");
+        assert_eq!(outcome, Outcome::Timeout(Protocol::Http1));
+        assert_eq!(&io.prefix()[..], b"POST /echo HT");
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_tls_record_stays_opaque() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0x16, 3, 1]).await.expect("write");
+        let (outcome, _io) = detect(DetectConfig::default(), server)
+            .await
+            .expect("detect");
+        assert_eq!(outcome, Outcome::Timeout(Protocol::Opaque));
+        drop(client);
+    }
+
     #[tokio::test]
-    async fn early_eof_is_opaque_with_bytes_kept() {
+    async fn early_eof_keeps_the_bytes() {
         let (mut client, server) = tokio::io::duplex(1024);
         client.write_all(b"GE").await.expect("write");
         drop(client);
         let (outcome, io) = detect(DetectConfig::default(), server)
             .await
             .expect("detect");
-        assert_eq!(outcome, Outcome::Eof);
+        assert_eq!(outcome, Outcome::Eof(Protocol::Http1));
         assert_eq!(&io.prefix()[..], b"GE");
     }
 

@@ -1,0 +1,114 @@
+"""Configuration files: bad ones stop the sidecar at start-up with a precise message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from harness import REPO_ROOT, BlackboxCase, can_connect, free_ports, sidecar_binary
+
+# (name, file text, key or word the message must name, line, value fragment)
+# "{P}" in the text becomes a free loopback port.
+BAD_CONFIGS = [
+    ("unknown_key", '[limits]\nheader_timeout = "5s"\n', "header_timeout", 2, None),
+    ("unknown_section", "[nonsense]\nx = 1\n", "nonsense", 1, None),
+    ("bad_duration", '[limits]\nidle_timeout = "soon"\n', "limits.idle_timeout", 2, "soon"),
+    ("duration_not_a_string", "[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
+    ("bad_address", '[admin]\nlisten = "nope"\n', "admin.listen", 2, "nope"),
+    ("port_out_of_range", '[outbound]\ntarget = "127.0.0.1:99999"\n', "outbound.target", 2, "99999"),
+    ("zero_limit", "[limits]\nmax_request_headers = 0\n", "limits.max_request_headers", 2, "0"),
+    ("zero_duration", '[limits]\nconnect_timeout = "0s"\n', "limits.connect_timeout", 2, "0s"),
+    ("header_bytes_too_small", '[limits]\nmax_request_header_bytes = "1KiB"\n', "limits.max_request_header_bytes", 2, None),
+    ("target_is_own_listener", '[outbound]\nlisten = "127.0.0.1:{P}"\ntarget = "127.0.0.1:{P}"\n', "outbound.target", 3, "127.0.0.1:{P}"),
+    ("syntax_error", "[admin]\nlisten = \n", None, 2, None),
+]
+
+
+class InvalidConfig(BlackboxCase):
+    def run_sidecar(self, args: list[str], timeout: float = 10) -> tuple[int, str, float]:
+        binary = sidecar_binary()
+        self.assertTrue(binary.is_file(), f"sidecar binary {binary} not found")
+        env = dict(os.environ, NO_COLOR="1")
+        for var in ("MESH_LOG", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE"):  # keep messages short
+            env.pop(var, None)
+        started = time.monotonic()
+        try:
+            p = subprocess.run([str(binary), *args], capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            self.fail(f"sidecar with {args} was still running after {timeout}s (it should have refused to start); "
+                      f"output: {(e.stdout or b'').decode(errors='replace')}{(e.stderr or b'').decode(errors='replace')}")
+        return p.returncode, p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace"), time.monotonic() - started
+
+    def test_bad_config_files(self) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="blackbox-config-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for name, text, key, line, value in BAD_CONFIGS:
+            with self.subTest(name):
+                admin, outbound, inbound, p = free_ports(4)
+                text = text.replace("{P}", str(p))
+                value = value.replace("{P}", str(p)) if value else value
+                path = tmp / f"{name}.toml"
+                path.write_text(text)
+                args = ["--config", str(path), "--admin-listen", f"127.0.0.1:{admin}", "--inbound-listen", f"127.0.0.1:{inbound}"]
+                if "listen" not in text or "[outbound]" not in text:
+                    args += ["--outbound-listen", f"127.0.0.1:{outbound}"]
+                rc, out, elapsed = self.run_sidecar(args)
+                self.assertNotEqual(rc, 0, f"{name}: sidecar accepted\n{text}\noutput: {out}")
+                self.assertLess(elapsed, 5, f"{name}: took {elapsed:.1f}s to reject the file")
+                self.assertIn(f"{path}:{line}", out, f"{name}: message must name file:line\n{out}")
+                if key:
+                    self.assertIn(key, out, f"{name}: message must name the key\n{out}")
+                if value:
+                    self.assertIn(value, out, f"{name}: message must show the value\n{out}")
+                self.assertFalse(can_connect(admin, 0.2), f"{name}: admin port is open although start-up failed")
+
+    def test_missing_config_file(self) -> None:
+        path = "/nonexistent/blackbox/sidecar.toml"
+        admin, outbound, inbound = free_ports(3)
+        rc, out, _ = self.run_sidecar(["--config", path, "--admin-listen", f"127.0.0.1:{admin}",
+                                       "--outbound-listen", f"127.0.0.1:{outbound}", "--inbound-listen", f"127.0.0.1:{inbound}"])
+        self.assertNotEqual(rc, 0)
+        self.assertIn(path, out)
+
+    def test_target_flag_pointing_at_own_listener(self) -> None:
+        admin, outbound, inbound = free_ports(3)
+        rc, out, _ = self.run_sidecar(["--admin-listen", f"127.0.0.1:{admin}", "--outbound-listen", f"127.0.0.1:{outbound}",
+                                       "--inbound-listen", f"127.0.0.1:{inbound}", "--outbound-target", f"127.0.0.1:{outbound}"])
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("outbound.target", out)
+
+    def test_port_in_use_is_named(self) -> None:
+        import socket
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        admin, inbound = free_ports(2)
+        rc, out, _ = self.run_sidecar(["--admin-listen", f"127.0.0.1:{admin}", "--outbound-listen", f"127.0.0.1:{port}",
+                                       "--inbound-listen", f"127.0.0.1:{inbound}"])
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn(f"127.0.0.1:{port}", out)
+        self.assertIn("outbound", out)
+
+    def test_sample_config_is_accepted(self) -> None:
+        sample = (REPO_ROOT / "examples" / "config" / "sidecar.toml").read_text()
+        sidecar = self.start_sidecar(config_text=sample)  # flags move the listeners to free ports
+        status, _, body = sidecar.admin("GET", "/config.json")
+        self.assertEqual(status, 200)
+        cfg = json.loads(body)
+        self.assertEqual(cfg["shutdown"]["grace"], "30s")
+        self.assertEqual(cfg["outbound"]["listen"], f"127.0.0.1:{sidecar.outbound_port}", "flags override the file")
+
+    def test_file_values_take_effect(self) -> None:
+        sidecar = self.start_sidecar(config_text='[limits]\nconnect_timeout = "250ms"\nheader_read_timeout = "3s"\n[shutdown]\ngrace = "2s"\n')
+        cfg = json.loads(sidecar.admin("GET", "/config.json")[2])
+        self.assertEqual(cfg["limits"]["connect_timeout"], "250ms")
+        self.assertEqual(cfg["limits"]["header_read_timeout"], "3s")
+        self.assertEqual(cfg["shutdown"]["grace"], "2s")
