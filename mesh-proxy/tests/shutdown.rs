@@ -142,7 +142,10 @@ async fn in_flight_requests_finish_and_new_connections_are_refused() {
     )
     .await
     .expect("a new stream after GOAWAY is answered or refused promptly");
-    assert!(refused.is_err(), "a new HTTP/2 stream was served after shutdown");
+    assert!(
+        refused.is_err(),
+        "a new HTTP/2 stream was served after shutdown"
+    );
     assert_eq!(app.seen().len(), 20);
 
     timeout(grace, proxy.task)
