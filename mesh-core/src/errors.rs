@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 
 use crate::BoxError;
 use crate::body::ProxyBody;
-use crate::client::UpstreamError;
+use crate::client::{BadResponse, UpstreamError};
 use crate::connect::{ConnectError, ConnectTimeout};
 
 /// The response header that says why the proxy, not the upstream, failed a request.
@@ -82,17 +82,20 @@ pub struct Classified {
 
 /// Classifies an error from the request path.
 pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
-    let message = chain_message(error);
-    let (status, grpc, close) = if let Some(e) = find::<BadRequest>(error) {
-        let _ = e;
+    let mut message = chain_message(error);
+    let (status, grpc, close) = if find::<BadRequest>(error).is_some() {
         (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
+    } else if find::<BadResponse>(error).is_some() {
+        (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
     } else if find::<ConnectTimeout>(error).is_some() {
         (StatusCode::GATEWAY_TIMEOUT, GrpcCode::Unavailable, false)
     } else if find::<ConnectError>(error).is_some() {
         (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
     } else if let Some(e) = find::<UpstreamError>(error) {
-        if downstream_body_failed(e.hyper_error()) {
-            // The client's own request body was malformed (bad chunk size) or cut off.
+        if let Some(body_error) = downstream_body_error(e.hyper_error()) {
+            // The client's own request body was malformed (bad chunk size) or cut off: the
+            // client's fault, not the upstream's.
+            message = format!("malformed request body: {}", chain_message(body_error));
             (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
         } else if e.hyper_error().is_timeout() {
             (
@@ -163,9 +166,9 @@ fn find<'a, E: std::error::Error + 'static>(
 
 /// hyper reports a failure of the request body it was sending as a "user body" error
 /// whose source is the error of the body itself: the downstream connection's.
-fn downstream_body_failed(e: &hyper::Error) -> bool {
+fn downstream_body_error(e: &hyper::Error) -> Option<&(dyn std::error::Error + 'static)> {
     use std::error::Error as _;
-    e.is_user() && e.source().is_some_and(|s| s.is::<hyper::Error>())
+    e.source().filter(|s| e.is_user() && s.is::<hyper::Error>())
 }
 
 fn chain_message(error: &(dyn std::error::Error + 'static)) -> String {

@@ -76,6 +76,23 @@ impl UpstreamError {
     }
 }
 
+/// The upstream's response was framed ambiguously (both `Content-Length` and
+/// `Transfer-Encoding`). It is refused rather than forwarded, and its connection is closed:
+/// bytes after such a response could be taken for the next response (response splitting).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {addr} sent an ambiguous response: {reason}")]
+pub struct BadResponse {
+    addr: SocketAddr,
+    reason: &'static str,
+}
+
+impl BadResponse {
+    /// The endpoint that sent it.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// Connections to one upstream address, shared by every request to it.
 pub struct HttpEndpoint<C = TcpConnect> {
     inner: Arc<Inner<C>>,
@@ -196,6 +213,16 @@ where
                 },
             }
         };
+        if res.headers().contains_key(http::header::TRANSFER_ENCODING)
+            && res.headers().contains_key(http::header::CONTENT_LENGTH)
+        {
+            // Dropping the sender and the response closes the connection.
+            return Err(BadResponse {
+                addr,
+                reason: "both content-length and transfer-encoding",
+            }
+            .into());
+        }
         let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && res.status().is_success());
         let res = res.map(ProxyBody::upstream);

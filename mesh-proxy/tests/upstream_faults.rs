@@ -1,0 +1,104 @@
+//! Upstreams that misbehave: the proxy answers with a reason, never splices responses and
+//! never hangs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers every request on a connection with `answer`, then closes.
+async fn scripted_upstream(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ambiguous_response_framing_is_a_502_not_a_split_response() {
+    let up = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy(config(up)).await;
+    let (text, _) = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("l5d-proxy-error: upstream"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "exactly one response: {text}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_closing_without_a_response_is_a_502() {
+    let up = scripted_upstream(b"").await;
+    let proxy = proxy(config(up)).await;
+    let (text, _) = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.contains("l5d-proxy-error"), "{text}");
+}
+
+#[tokio::test]
+async fn upstream_garbage_is_a_502() {
+    let up = scripted_upstream(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+    let proxy = proxy(config(up)).await;
+    let (text, _) = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_cut_short_is_a_visible_error_not_a_clean_end() {
+    let up =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly twenty bytes...")
+            .await;
+    let proxy = proxy(config(up)).await;
+    let mut c = h1(proxy.outbound).await;
+    let res = c
+        .send_request(get(proxy.outbound, "/", http::Version::HTTP_11))
+        .await
+        .expect("head");
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body()).await;
+    assert!(body.is_err(), "a truncated body must not look complete");
+}
