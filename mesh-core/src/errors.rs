@@ -44,6 +44,21 @@ impl BadRequest {
     }
 }
 
+/// The upstream did not send a response head within the response timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no response from {addr} within {timeout:?}")]
+pub struct ResponseTimeout {
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+}
+
+impl ResponseTimeout {
+    /// A response timeout for a request to `addr` after `timeout`.
+    pub fn new(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Self {
+        Self { addr, timeout }
+    }
+}
+
 /// gRPC status codes the proxy answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -87,6 +102,12 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
         (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
     } else if find::<BadResponse>(error).is_some() {
         (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
+    } else if find::<ResponseTimeout>(error).is_some() {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            GrpcCode::DeadlineExceeded,
+            false,
+        )
     } else if find::<ConnectTimeout>(error).is_some() {
         (StatusCode::GATEWAY_TIMEOUT, GrpcCode::Unavailable, false)
     } else if find::<ConnectError>(error).is_some() {

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -20,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::BoxError;
 use mesh_core::body::ProxyBody;
-use mesh_core::errors::{BadRequest, error_response};
+use mesh_core::errors::{BadRequest, ResponseTimeout, error_response};
 use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
 use mesh_core::metrics::Classification;
 use pin_project_lite::pin_project;
@@ -79,14 +80,21 @@ pub(crate) struct ProxyService {
     conn: Arc<ConnState>,
     /// Ends upgraded tunnels when the proxy gives up draining.
     abort: CancellationToken,
+    response_timeout: Duration,
 }
 
 impl ProxyService {
-    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>, abort: CancellationToken) -> Self {
+    pub(crate) fn new(
+        target: Arc<Target>,
+        conn: Arc<ConnState>,
+        abort: CancellationToken,
+        response_timeout: Duration,
+    ) -> Self {
         Self {
             target,
             conn,
             abort,
+            response_timeout,
         }
     }
 }
@@ -101,11 +109,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
         let abort = self.abort.clone();
+        let response_timeout = self.response_timeout;
         Box::pin(async move {
             let start = Instant::now();
             target.http.request();
             let grpc = is_grpc(&req);
-            let res = match forward(&target, req, ambiguous, abort).await {
+            let res = match forward(&target, req, ambiguous, abort, response_timeout).await {
                 Ok(res) => res,
                 Err(error) => {
                     tracing::info!(dst = %target.addr, %error, "request failed");
@@ -133,6 +142,7 @@ async fn forward(
     mut req: Request<Incoming>,
     ambiguous: bool,
     abort: CancellationToken,
+    response_timeout: Duration,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, or repeated content-length)").into());
@@ -141,7 +151,9 @@ async fn forward(
     let connect = req.method() == Method::CONNECT;
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    let mut res = target.endpoint.send(req).await?;
+    let mut res = tokio::time::timeout(response_timeout, target.endpoint.send(req))
+        .await
+        .map_err(|_| ResponseTimeout::new(target.addr, response_timeout))??;
     let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
         || (connect && res.status().is_success());
     strip_hop_by_hop(res.headers_mut(), switched && upgrade);

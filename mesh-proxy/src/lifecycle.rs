@@ -158,6 +158,7 @@ impl Proxy {
                 detect,
                 header_timeout: cfg.limits.header_read_timeout,
                 idle_timeout: cfg.limits.idle_timeout,
+                response_timeout: cfg.limits.response_timeout,
                 server: server.clone(),
                 targets: Targets::new(direction, connect, client),
                 connect,

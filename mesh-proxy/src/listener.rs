@@ -37,6 +37,7 @@ pub(crate) struct ListenerCtx {
     pub(crate) detect: DetectConfig,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) response_timeout: Duration,
     pub(crate) server: ServerSettings,
     pub(crate) targets: Targets,
     pub(crate) connect: TcpConnect,
@@ -161,7 +162,12 @@ async fn serve_detected(
     match outcome.protocol() {
         Protocol::Http1 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
-            let svc = ProxyService::new(target.clone(), state.clone(), abort.clone());
+            let svc = ProxyService::new(
+                target.clone(),
+                state.clone(),
+                abort.clone(),
+                ctx.response_timeout,
+            );
             let conn = ctx
                 .server
                 .h1()
@@ -179,7 +185,12 @@ async fn serve_detected(
         }
         Protocol::Http2 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http2);
-            let svc = ProxyService::new(target.clone(), state.clone(), abort.clone());
+            let svc = ProxyService::new(
+                target.clone(),
+                state.clone(),
+                abort.clone(),
+                ctx.response_timeout,
+            );
             let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
             drive(conn, state, None, ctx.idle_timeout, drain, |c| {
                 c.graceful_shutdown()

@@ -8,7 +8,7 @@
 //! | `GET /slow?ms=N` | `slow` after N ms (at most 60 s) |
 //! | `GET /ws` with `Upgrade: websocket` | a WebSocket that echoes every message |
 //! | `CONNECT host:port` | `200`, then a byte tunnel that echoes |
-//! | `content-type: application/grpc` | `hello.Greeter` (see [`crate::grpc`]) |
+//! | `content-type: application/grpc` on `/hello.*` | `hello.Greeter` (see [`crate::grpc`]) |
 //!
 //! Every request's head is recorded ([`App::seen`]) so tests can compare what a client sent
 //! with what arrived through the proxy.
@@ -158,7 +158,9 @@ impl App {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
+        // gRPC calls to `hello.*`; other paths keep their HTTP meaning, so tests can make a
+        // gRPC client wait on `/slow`.
+        if grpc && req.uri().path().starts_with("/hello.") {
             return crate::grpc::serve(req).await;
         }
         if req.method() == Method::CONNECT {

@@ -145,10 +145,11 @@ impl Config {
     /// Checks what types alone cannot: non-zero bounds and listeners that would loop.
     fn check(&self) -> Result<(), (&'static str, String, String)> {
         let l = &self.limits;
-        let nonzero: [(&'static str, Duration); 4] = [
+        let nonzero: [(&'static str, Duration); 5] = [
             ("limits.header_read_timeout", l.header_read_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.connect_timeout", l.connect_timeout),
+            ("limits.response_timeout", l.response_timeout),
             ("limits.detect_timeout", l.detect_timeout),
         ];
         for (key, d) in nonzero {

@@ -169,6 +169,10 @@ pub struct Limits {
     /// Connections with nothing in flight for this long are closed. Default: 1h.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long the upstream may take to send a response head; slower answers get 504.
+    /// Streaming bodies and upgraded connections are not limited by it. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
     /// Bound on opening an upstream connection. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -191,6 +195,7 @@ impl Default for Limits {
             http2_max_concurrent_streams: 100,
             http2_max_header_list_bytes: ByteSize::kib(16),
             idle_timeout: Duration::from_secs(3600),
+            response_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
             detect_timeout: Duration::from_secs(1),
             max_connections: None,
