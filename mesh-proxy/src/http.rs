@@ -145,8 +145,9 @@ async fn forward(
     response_timeout: Duration,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
-        return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, or repeated content-length)").into());
+        return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, repeated content-length, or bare LF)").into());
     }
+    check_host(&req)?;
     let upgrade = req.version() <= http::Version::HTTP_11 && wants_upgrade(req.headers());
     let connect = req.method() == Method::CONNECT;
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
@@ -175,6 +176,34 @@ async fn forward(
         }));
     }
     Ok(res)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and an absolute-form target
+/// wins over it. Routing reads the authority, so a request whose authority is missing or
+/// ambiguous is refused rather than guessed at.
+fn check_host(req: &Request<Incoming>) -> Result<(), BadRequest> {
+    if req.version() == http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadRequest::new("more than one Host header"));
+    }
+    match (host, req.uri().authority()) {
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            Err(BadRequest::new("HTTP/1.1 request without a Host header"))
+        }
+        (Some(h), Some(a))
+            if req.method() != Method::CONNECT
+                && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+        {
+            Err(BadRequest::new(
+                "Host header differs from the request target's authority",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 pin_project! {

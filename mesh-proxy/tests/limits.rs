@@ -616,3 +616,39 @@ async fn connect_timeout_is_504() {
     );
     drop(queued);
 }
+
+#[tokio::test]
+async fn host_header_must_be_present_and_unambiguous() {
+    let (app, proxy) = common::app_and_proxy().await;
+    let cases: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n",
+    ];
+    for case in cases {
+        let (text, closed) = common::raw(proxy.outbound, case, WAIT).await;
+        assert_eq!(
+            status(&text),
+            Some(400),
+            "{:?}: {text}",
+            String::from_utf8_lossy(case)
+        );
+        assert!(closed, "connection closed after 400");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("l5d-proxy-error: bad request"),
+            "{text}"
+        );
+    }
+    assert!(app.seen().is_empty(), "none of them reached the app");
+    // HTTP/1.0 may omit Host, and a matching absolute-form target is fine.
+    let (text, _) = common::raw(proxy.outbound, b"GET / HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    let (text, _) = common::raw(
+        proxy.outbound,
+        b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(status(&text), Some(200), "{text}");
+}

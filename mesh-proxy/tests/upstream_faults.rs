@@ -111,14 +111,26 @@ async fn a_silent_upstream_gets_504_after_the_response_timeout() {
     let proxy = proxy(cfg).await;
     let started = tokio::time::Instant::now();
     let mut c = h1(proxy.outbound).await;
-    let res = c.send_request(get(proxy.outbound, "/slow?ms=5000", http::Version::HTTP_11)).await.expect("response");
+    let res = c
+        .send_request(get(proxy.outbound, "/slow?ms=5000", http::Version::HTTP_11))
+        .await
+        .expect("response");
     assert_eq!(res.status(), 504);
-    let why = res.headers()["l5d-proxy-error"].to_str().expect("ascii").to_owned();
+    let why = res.headers()["l5d-proxy-error"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert!(why.contains("no response"), "{why}");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered at the timeout, not when the app did");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the timeout, not when the app did"
+    );
     // A fast request on the same proxy is unaffected.
     let mut c = h1(proxy.outbound).await;
-    let res = c.send_request(get(proxy.outbound, "/slow?ms=10", http::Version::HTTP_11)).await.expect("response");
+    let res = c
+        .send_request(get(proxy.outbound, "/slow?ms=10", http::Version::HTTP_11))
+        .await
+        .expect("response");
     assert_eq!(res.status(), 200);
 }
 
@@ -129,8 +141,17 @@ async fn a_slow_grpc_upstream_is_deadline_exceeded() {
     cfg.limits.response_timeout = Duration::from_millis(300);
     let proxy = proxy(cfg).await;
     let mut c = h2(proxy.outbound).await;
-    let mut req = request(http::Method::POST, proxy.outbound, "/slow?ms=5000", http::Version::HTTP_2, empty());
-    req.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+    let mut req = request(
+        http::Method::POST,
+        proxy.outbound,
+        "/slow?ms=5000",
+        http::Version::HTTP_2,
+        empty(),
+    );
+    req.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
     let res = c.send_request(req).await.expect("response");
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["grpc-status"], "4");
