@@ -163,6 +163,7 @@ impl Proxy {
                 targets: Targets::new(direction, connect, client),
                 connect,
                 conns: Arc::new(Semaphore::new(cap)),
+                cap,
             })
         };
         let mut listeners = Vec::new();

@@ -42,6 +42,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) targets: Targets,
     pub(crate) connect: TcpConnect,
     pub(crate) conns: Arc<Semaphore>,
+    /// The connection cap `conns` started with.
+    pub(crate) cap: usize,
 }
 
 /// Accepts connections until the drain signal, then drops the listener so new connections
@@ -54,6 +56,8 @@ pub(crate) async fn serve(
     abort: CancellationToken,
 ) {
     let dir = ctx.direction.as_str();
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -70,7 +74,15 @@ pub(crate) async fn serve(
             }
         };
         let Ok(permit) = ctx.conns.clone().try_acquire_owned() else {
-            tracing::warn!(direction = dir, %peer, cap = ctx.conns.available_permits(), "connection cap reached; closing new connection");
+            // Refused at once; logged at most once a second, with a count, so a flood of
+            // connections cannot turn into a flood of log lines.
+            refused += 1;
+            let now = tokio::time::Instant::now();
+            if last_refusal_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                tracing::warn!(direction = dir, %peer, cap = ctx.cap, refused, "connection cap reached; closing new connections");
+                last_refusal_log = Some(now);
+                refused = 0;
+            }
             drop(stream);
             continue;
         };
