@@ -78,11 +78,14 @@ pub enum Classification {
 }
 
 impl Classification {
-    /// Classifies a response head.
-    pub fn of(status: http::StatusCode, headers: &http::HeaderMap) -> Self {
-        let grpc_failed = headers
-            .get("grpc-status")
-            .is_some_and(|v| v.as_bytes() != b"0");
+    /// Classifies a response head. `grpc` says whether the request was a gRPC call, whose
+    /// failures can hide behind a 200 with a `grpc-status` (trailers-only responses).
+    pub fn of(status: http::StatusCode, headers: &http::HeaderMap, grpc: bool) -> Self {
+        static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        let grpc_failed = grpc
+            && headers
+                .get(&GRPC_STATUS)
+                .is_some_and(|v| v.as_bytes() != b"0");
         if status.is_server_error() || grpc_failed {
             Classification::Failure
         } else {

@@ -21,12 +21,19 @@ pub(crate) struct HeadVerdict {
 }
 
 /// A streaming scanner over one HTTP/1 request head.
+///
+/// Per line it looks only at the first bytes (is it `Content-Length:` or
+/// `Transfer-Encoding:`?) and at the byte before the LF (CRLF or bare LF); the rest of a line
+/// is skipped with a byte search, so a typical head costs a few hundred instructions.
 #[derive(Debug, Default)]
 pub(crate) struct HeadScanner {
-    /// The start of the current line, lower-cased; enough to match a header name and a
-    /// short `Content-Length` value.
-    line: [u8; 32],
+    /// The start of the current line when it arrived split over reads (rare), lower-cased.
+    start: [u8; 32],
+    start_len: usize,
+    /// Bytes of the current line seen so far.
     line_len: usize,
+    /// The last byte seen on the current line.
+    last: u8,
     bare_lf: bool,
     content_lengths: u8,
     content_length_list: bool,
@@ -51,17 +58,66 @@ impl HeadScanner {
     /// Scans the next bytes of the head; bytes after its end are ignored.
     pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
         while !self.done && !bytes.is_empty() {
-            match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    self.push(&bytes[..i]);
-                    self.end_line();
-                    bytes = &bytes[i + 1..];
-                }
-                None => {
-                    self.push(bytes);
-                    bytes = &[];
+            let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], Some(i + 1)),
+                None => (bytes, None),
+            };
+            if self.line_len == 0 && ended.is_some() {
+                // The whole line is in this read: judge it in place.
+                self.judge(part);
+            } else {
+                self.keep_start(part);
+                if ended.is_some() {
+                    let kept = self.start;
+                    let kept_len = self.start_len.min(kept.len());
+                    let full_len = self.line_len;
+                    let last = self.last;
+                    self.judge_split(&kept[..kept_len], full_len, last);
                 }
             }
+            match ended {
+                Some(n) => {
+                    self.line_len = 0;
+                    self.start_len = 0;
+                    bytes = &bytes[n..];
+                }
+                None => bytes = &[],
+            }
+        }
+    }
+
+    /// Judges a complete line (without its LF).
+    fn judge(&mut self, line: &[u8]) {
+        let last = line.last().copied().unwrap_or(0);
+        self.judge_split(line, line.len(), last);
+    }
+
+    /// Judges a line from its start, its full length and its last byte.
+    fn judge_split(&mut self, start: &[u8], len: usize, last: u8) {
+        let content_len = if last == b'\r' { len - 1 } else { len };
+        if last != b'\r' {
+            self.bare_lf = true;
+        }
+        if content_len == 0 {
+            self.done = true;
+        } else if starts_with_ignore_case(start, CL) {
+            self.content_lengths = self.content_lengths.saturating_add(1);
+            if start[CL.len()..].contains(&b',') {
+                self.content_length_list = true;
+            }
+        } else if starts_with_ignore_case(start, TE) {
+            self.transfer_encoding = true;
+        }
+    }
+
+    fn keep_start(&mut self, part: &[u8]) {
+        let room = self.start.len().saturating_sub(self.start_len);
+        let n = part.len().min(room);
+        self.start[self.start_len..self.start_len + n].copy_from_slice(&part[..n]);
+        self.start_len += n;
+        self.line_len += part.len();
+        if let Some(&b) = part.last() {
+            self.last = b;
         }
     }
 
@@ -80,52 +136,10 @@ impl HeadScanner {
         };
         HeadVerdict { ambiguous }
     }
+}
 
-    fn push(&mut self, part: &[u8]) {
-        // Only the last byte before the LF matters for the line ending; keep it even when the
-        // line is longer than the kept prefix.
-        if self.line_len == self.line.len() {
-            if let Some(&last) = part.last() {
-                self.line[self.line.len() - 1] = last;
-            }
-            return;
-        }
-        let room = self.line.len() - self.line_len;
-        let n = part.len().min(room);
-        for (dst, src) in self.line[self.line_len..self.line_len + n]
-            .iter_mut()
-            .zip(part)
-        {
-            *dst = src.to_ascii_lowercase();
-        }
-        self.line_len += n;
-        // A line longer than the kept prefix keeps its true last byte in the final slot.
-        if part.len() > n {
-            self.line_len = self.line.len();
-            if let Some(&last) = part.last() {
-                self.line[self.line.len() - 1] = last;
-            }
-        }
-    }
-
-    fn end_line(&mut self) {
-        let mut line = &self.line[..self.line_len];
-        match line.strip_suffix(b"\r") {
-            Some(stripped) => line = stripped,
-            None => self.bare_lf = true,
-        }
-        if line.is_empty() {
-            self.done = true;
-        } else if let Some(value) = line.strip_prefix(CL) {
-            self.content_lengths = self.content_lengths.saturating_add(1);
-            if value.contains(&b',') {
-                self.content_length_list = true;
-            }
-        } else if line.starts_with(TE) {
-            self.transfer_encoding = true;
-        }
-        self.line_len = 0;
-    }
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]

@@ -121,7 +121,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                     error_response(&error, grpc)
                 }
             };
-            let class = Classification::of(res.status(), res.headers());
+            let class = Classification::of(res.status(), res.headers(), grpc);
             target.http.response(res.status(), class, start.elapsed());
             Ok(res.map(|body| ServerBody {
                 inner: body,
