@@ -70,8 +70,8 @@ fn main() -> anyhow::Result<()> {
     metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
     telemetry::describe_metrics();
 
-    // One core by default: a current-thread runtime is the fastest for a sidecar
-    // (performance.md §4) and keeps idle memory small.
+    // One core by default: a current-thread runtime is the fastest shape for a hyper proxy
+    // on one core (no cross-thread wake-ups) and keeps idle memory small.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -134,3 +134,83 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// Told when a request body has been fully read or abandoned.
+///
+/// The proxy uses it to know when a connection's exchange is really over: a response can
+/// end while the client is still uploading, and until the upload ends the next bytes on the
+/// connection are body, not the next request's head.
+pub trait BodyEnd: Send + Sync {
+    /// The body ended (end of stream, error or drop). Called once.
+    fn body_ended(&self);
+}
+
+/// Calls [`BodyEnd::body_ended`] once, when dropped.
+struct EndGuard(std::sync::Arc<dyn BodyEnd>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.body_ended();
+    }
+}
+
+impl std::fmt::Debug for EndGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndGuard")
+    }
+}
+
+pin_project! {
+    /// A request body on its way upstream: the client's body, plus an optional hook told when
+    /// it ends.
+    #[derive(Debug)]
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        on_end: Option<EndGuard>,
+    }
+}
+
+impl RequestBody {
+    /// Wraps a client's request body; `on_end` hears when it ends. A body that is already
+    /// complete (no body at all) reports nothing and keeps no hook.
+    pub fn new(inner: Incoming, on_end: Option<std::sync::Arc<dyn BodyEnd>>) -> Self {
+        let on_end = on_end.filter(|_| !inner.is_end_stream()).map(EndGuard);
+        Self { inner, on_end }
+    }
+
+    /// Whether a hook is waiting for this body to end.
+    pub fn is_tracked(&self) -> bool {
+        self.on_end.is_some()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            this.on_end.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -57,6 +57,16 @@ impl ResponseTimeout {
     pub fn new(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Self {
         Self { addr, timeout }
     }
+
+    /// The endpoint that did not answer.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The timeout that passed.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
 }
 
 /// gRPC status codes the proxy answers with.
@@ -84,6 +94,7 @@ impl GrpcCode {
 
 /// How an error is answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Classified {
     /// HTTP status for non-gRPC requests.
     pub status: StatusCode,
@@ -128,6 +139,8 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
             (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
         }
     } else {
+        // A failure with no named error type: answer, but make it visible so it gets one.
+        tracing::warn!(error = %message, "unclassified proxy error");
         (StatusCode::BAD_GATEWAY, GrpcCode::Internal, false)
     };
     Classified {

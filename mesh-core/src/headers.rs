@@ -15,15 +15,21 @@ use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, U
 const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
 
-/// Whether these request headers ask for an HTTP/1.1 protocol upgrade.
+/// Whether these request headers ask for an HTTP/1.1 protocol upgrade the proxy will tunnel.
+///
+/// `Upgrade: h2c` is never tunnelled: behind a `101` the client would speak HTTP/2 through
+/// an opaque tunnel that no HTTP check sees (h2c smuggling). Such a request is forwarded as
+/// a plain request with its upgrade headers removed; h2c clients use prior knowledge.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+    headers.get(UPGRADE).is_some_and(|u| {
+        u.to_str()
+            .is_ok_and(|s| !s.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    }) && headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         })
+    })
 }
 
 /// Removes hop-by-hop headers in place. With `upgrade`, the headers that carry the upgrade
@@ -125,6 +131,18 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn h2c_upgrades_are_not_tunnelled() {
+        let mut h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+        ]);
+        assert!(!wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -70,14 +70,14 @@ pub fn record_detect(direction: &'static str, protocol: &'static str) {
 
 /// Whether a response counts as a success or a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Classification {
+pub enum ResponseClass {
     /// Anything but a server error.
     Success,
     /// A 5xx status, or a gRPC status other than OK in a trailers-only response.
     Failure,
 }
 
-impl Classification {
+impl ResponseClass {
     /// Classifies a response head. `grpc` says whether the request was a gRPC call, whose
     /// failures can hide behind a 200 with a `grpc-status` (trailers-only responses).
     pub fn of(status: http::StatusCode, headers: &http::HeaderMap, grpc: bool) -> Self {
@@ -87,16 +87,16 @@ impl Classification {
                 .get(&GRPC_STATUS)
                 .is_some_and(|v| v.as_bytes() != b"0");
         if status.is_server_error() || grpc_failed {
-            Classification::Failure
+            ResponseClass::Failure
         } else {
-            Classification::Success
+            ResponseClass::Success
         }
     }
 
     fn label(self) -> &'static str {
         match self {
-            Classification::Success => "success",
-            Classification::Failure => "failure",
+            ResponseClass::Success => "success",
+            ResponseClass::Failure => "failure",
         }
     }
 }
@@ -108,7 +108,7 @@ pub struct HttpMetrics {
     dst: SharedString,
     requests: Counter,
     latency: Histogram,
-    responses: Mutex<Vec<(u16, Classification, Counter)>>,
+    responses: Mutex<Vec<(u16, ResponseClass, Counter)>>,
 }
 
 impl HttpMetrics {
@@ -130,20 +130,26 @@ impl HttpMetrics {
     }
 
     /// Counts a response and records its latency.
-    pub fn response(&self, status: http::StatusCode, class: Classification, latency: Duration) {
+    pub fn response(&self, status: http::StatusCode, class: ResponseClass, latency: Duration) {
         self.latency.record(latency.as_secs_f64());
-        let code = status.as_u16();
+        // Standard codes keep their value; anything an upstream invents past 599 is "other".
+        let code = status.as_u16().min(600);
         let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, c)) = responses.iter().find(|(s, k, _)| *s == code && *k == class) {
             c.increment(1);
             return;
         }
-        // Bounded: status codes are 100..=999 and there are two classes.
+        // Bounded: at most 501 status labels and two classes per (direction, dst).
+        let label = if code < 600 {
+            code.to_string()
+        } else {
+            "other".to_owned()
+        };
         let c = metrics::counter!(
             RESPONSE_TOTAL,
             "direction" => self.direction,
             "dst" => self.dst.clone(),
-            "status_code" => code.to_string(),
+            "status_code" => label,
             "classification" => class.label()
         );
         c.increment(1);
@@ -180,6 +186,12 @@ impl TcpMetrics {
     /// Counts a closed connection and the bytes it carried from and to the client.
     pub fn closed(&self, read: u64, written: u64) {
         self.close.increment(1);
+        self.transferred(read, written);
+    }
+
+    /// Counts bytes carried from and to the client outside the connection's own accounting
+    /// (an upgraded tunnel that outlives its HTTP connection).
+    pub fn transferred(&self, read: u64, written: u64) {
         self.read.increment(read);
         self.write.increment(written);
     }

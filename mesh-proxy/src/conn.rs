@@ -20,6 +20,8 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use mesh_core::body::BodyEnd;
+
 use crate::framing::HeadScanner;
 
 const IDLE: u8 = 0;
@@ -57,11 +59,27 @@ impl ConnState {
         u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request reached the service: its head is complete.
-    pub(crate) fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.in_flight.fetch_add(1, Relaxed);
+    /// A request reached the service: its head is complete. The exchange lasts until the
+    /// response is done (the returned guard drops) and, when the request has a body, until
+    /// that body ends too (the returned hook is told): only then can the next bytes be a new
+    /// request head.
+    pub(crate) fn request_started(
+        self: &Arc<Self>,
+        body_open: bool,
+    ) -> (RequestGuard, Option<Arc<dyn BodyEnd>>) {
+        self.in_flight
+            .fetch_add(if body_open { 2 } else { 1 }, Relaxed);
         self.phase.store(BUSY, Relaxed);
-        RequestGuard(self.clone())
+        let hook = body_open.then(|| self.clone() as Arc<dyn BodyEnd>);
+        (RequestGuard(self.clone()), hook)
+    }
+
+    /// One part of an exchange (its response, or its request body) is over.
+    fn finish_one(&self) {
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.idle_since_ms.store(self.now_ms(), Relaxed);
+            self.phase.store(IDLE, Relaxed);
+        }
     }
 
     /// Whether the request head just parsed had ambiguous framing; clears the flag.
@@ -141,10 +159,13 @@ pub(crate) struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.0.idle_since_ms.store(self.0.now_ms(), Relaxed);
-            self.0.phase.store(IDLE, Relaxed);
-        }
+        self.0.finish_one();
+    }
+}
+
+impl BodyEnd for ConnState {
+    fn body_ended(&self) {
+        self.finish_one();
     }
 }
 
@@ -281,7 +302,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_keepalive_is_not_a_header_timeout() {
         let state = ConnState::new();
-        let guard = state.request_started();
+        let (guard, hook) = state.request_started(false);
+        assert!(hook.is_none());
         drop(guard);
         let started = Instant::now();
         let why = state
@@ -294,7 +316,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_in_flight_are_never_idle() {
         let state = ConnState::new();
-        let guard = state.request_started();
+        let (guard, _) = state.request_started(false);
         let watchdog = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2));
         let r = tokio::time::timeout(Duration::from_secs(30), watchdog).await;
         assert!(r.is_err(), "watchdog fired while a request was in flight");
@@ -334,5 +356,35 @@ mod tests {
         let _ = io.read(&mut buf).await.expect("read");
         assert!(state.take_ambiguous());
         assert!(!state.take_ambiguous());
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exchange_lasts_until_the_request_body_ends() {
+        let state = ConnState::new();
+        let (guard, hook) = state.request_started(true);
+        let hook = hook.expect("a body is open");
+        // The response ends first (an early answer); the upload goes on.
+        drop(guard);
+        let idle = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), idle)
+                .await
+                .is_err(),
+            "not idle while the request body is still arriving"
+        );
+        hook.body_ended();
+        let started = Instant::now();
+        assert_eq!(
+            state
+                .expired(Some(Duration::from_secs(1)), Duration::from_secs(2))
+                .await,
+            Expired::Idle
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 }

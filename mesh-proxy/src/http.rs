@@ -20,16 +20,18 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::BoxError;
-use mesh_core::body::ProxyBody;
+use mesh_core::body::{ProxyBody, RequestBody};
 use mesh_core::errors::{BadRequest, ResponseTimeout, error_response};
 use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
-use mesh_core::metrics::Classification;
+use mesh_core::metrics::ResponseClass;
 use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Limits;
-use crate::conn::{ConnState, RequestGuard};
+use crate::conn::{ConnState, RequestGuard, ServerIo, Watch};
 use crate::targets::Target;
 
 /// Server settings derived once from the limits.
@@ -73,29 +75,30 @@ impl ServerSettings {
     }
 }
 
+/// What every request of one client connection shares, besides its target.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    /// Ends upgraded tunnels when the proxy gives up draining.
+    pub(crate) abort: CancellationToken,
+    /// Tracks upgraded tunnels, so a drain waits for them.
+    pub(crate) tracker: TaskTracker,
+    /// The connection's slot under the connection cap; a tunnel keeps it.
+    pub(crate) permit: Arc<OwnedSemaphorePermit>,
+    pub(crate) response_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
 /// Forwards the requests of one client connection to its target.
 #[derive(Clone, Debug)]
 pub(crate) struct ProxyService {
     target: Arc<Target>,
     conn: Arc<ConnState>,
-    /// Ends upgraded tunnels when the proxy gives up draining.
-    abort: CancellationToken,
-    response_timeout: Duration,
+    ctx: Arc<ConnCtx>,
 }
 
 impl ProxyService {
-    pub(crate) fn new(
-        target: Arc<Target>,
-        conn: Arc<ConnState>,
-        abort: CancellationToken,
-        response_timeout: Duration,
-    ) -> Self {
-        Self {
-            target,
-            conn,
-            abort,
-            response_timeout,
-        }
+    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>, ctx: Arc<ConnCtx>) -> Self {
+        Self { target, conn, ctx }
     }
 }
 
@@ -105,23 +108,29 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ServerBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = self.conn.request_started();
+        let (guard, body_hook) = self.conn.request_started(!req.body().is_end_stream());
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
-        let abort = self.abort.clone();
-        let response_timeout = self.response_timeout;
+        let ctx = self.ctx.clone();
         Box::pin(async move {
             let start = Instant::now();
             target.http.request();
             let grpc = is_grpc(&req);
-            let res = match forward(&target, req, ambiguous, abort, response_timeout).await {
+            let h2 = req.version() == http::Version::HTTP_2;
+            let req = req.map(|body| RequestBody::new(body, body_hook));
+            let res = match forward(&target, req, ambiguous, &ctx).await {
                 Ok(res) => res,
                 Err(error) => {
                     tracing::info!(dst = %target.addr, %error, "request failed");
-                    error_response(&error, grpc)
+                    let mut res = error_response(&error, grpc);
+                    if h2 {
+                        // HTTP/2 has no connection-level `Connection` header.
+                        res.headers_mut().remove(http::header::CONNECTION);
+                    }
+                    res
                 }
             };
-            let class = Classification::of(res.status(), res.headers(), grpc);
+            let class = ResponseClass::of(res.status(), res.headers(), grpc);
             target.http.response(res.status(), class, start.elapsed());
             Ok(res.map(|body| ServerBody {
                 inner: body,
@@ -138,11 +147,10 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
 }
 
 async fn forward(
-    target: &Target,
-    mut req: Request<Incoming>,
+    target: &Arc<Target>,
+    mut req: Request<RequestBody>,
     ambiguous: bool,
-    abort: CancellationToken,
-    response_timeout: Duration,
+    ctx: &ConnCtx,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, repeated content-length, or bare LF)").into());
@@ -152,36 +160,65 @@ async fn forward(
     let connect = req.method() == Method::CONNECT;
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    let mut res = tokio::time::timeout(response_timeout, target.endpoint.send(req))
+    let timeout = ctx.response_timeout;
+    let mut res = tokio::time::timeout(timeout, target.endpoint.send(req))
         .await
-        .map_err(|_| ResponseTimeout::new(target.addr, response_timeout))??;
+        .map_err(|_| ResponseTimeout::new(target.addr, timeout))??;
     let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
         || (connect && res.status().is_success());
     strip_hop_by_hop(res.headers_mut(), switched && upgrade);
     if let (true, Some(downstream)) = (switched, downstream) {
         let upstream = hyper::upgrade::on(&mut res);
-        let dst = target.addr;
-        tokio::spawn(abort.run_until_cancelled_owned(async move {
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
-                    let mut down = TokioIo::new(down);
-                    let mut up = TokioIo::new(up);
-                    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                        Ok((tx, rx)) => tracing::debug!(%dst, tx, rx, "tunnel closed"),
-                        Err(error) => tracing::debug!(%dst, %error, "tunnel failed"),
-                    }
-                }
-                Err(error) => tracing::debug!(%dst, %error, "upgrade failed"),
-            }
-        }));
+        let tunnel = tunnel(
+            downstream,
+            upstream,
+            target.clone(),
+            ctx.permit.clone(),
+            ctx.idle_timeout,
+        );
+        ctx.tracker
+            .spawn(ctx.abort.clone().run_until_cancelled_owned(tunnel));
     }
     Ok(res)
+}
+
+/// Copies bytes between an upgraded client connection and its upstream until both ends
+/// finish, the tunnel idles out, or the proxy aborts after its drain. It holds the client
+/// connection's slot under the connection cap for as long as it runs, and is tracked, so a
+/// drain waits for it.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    target: Arc<Target>,
+    _permit: Arc<OwnedSemaphorePermit>,
+    idle: Duration,
+) {
+    let dst = target.addr;
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::info!(%dst, %error, "upgrade failed after the upstream agreed");
+            return;
+        }
+    };
+    let state = ConnState::new();
+    let mut down = ServerIo::new(TokioIo::new(down), state.clone(), Watch::Bytes);
+    let mut up = TokioIo::new(up);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut down, &mut up) => match res {
+            Ok((tx, rx)) => tracing::debug!(%dst, tx, rx, "tunnel closed"),
+            Err(error) => tracing::debug!(%dst, %error, "tunnel failed"),
+        },
+        _ = state.expired(None, idle) => tracing::debug!(%dst, "idle tunnel closed"),
+    }
+    let (read, written) = state.bytes();
+    target.tcp.transferred(read, written);
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and an absolute-form target
 /// wins over it. Routing reads the authority, so a request whose authority is missing or
 /// ambiguous is refused rather than guessed at.
-fn check_host(req: &Request<Incoming>) -> Result<(), BadRequest> {
+fn check_host<B>(req: &Request<B>) -> Result<(), BadRequest> {
     if req.version() == http::Version::HTTP_2 {
         return Ok(());
     }

@@ -36,6 +36,18 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+impl BindError {
+    /// Which listener (`admin`, `outbound`, `inbound`).
+    pub fn listener(&self) -> &'static str {
+        self.which
+    }
+
+    /// The address that could not be bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// Triggers and observes a graceful shutdown. Cloning shares the same signal.
 #[derive(Clone, Debug)]
 pub struct Shutdown(Arc<watch::Sender<bool>>);
@@ -148,6 +160,8 @@ impl Proxy {
             ..DetectConfig::default()
         };
         let cap = cfg.limits.connection_cap();
+        // One budget for both listeners: together they must stay below the fd limit.
+        let conns = Arc::new(Semaphore::new(cap));
         let make_ctx = |direction: Direction, lc: &ListenerConfig, local: SocketAddr| {
             Arc::new(ListenerCtx {
                 direction,
@@ -162,7 +176,7 @@ impl Proxy {
                 server: server.clone(),
                 targets: Targets::new(direction, connect, client),
                 connect,
-                conns: Arc::new(Semaphore::new(cap)),
+                conns: conns.clone(),
                 cap,
             })
         };

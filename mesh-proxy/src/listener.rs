@@ -23,7 +23,7 @@ use crate::Direction;
 use crate::config::same_socket;
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
 use crate::framing::HeadScanner;
-use crate::http::{ProxyService, ServerSettings};
+use crate::http::{ConnCtx, ProxyService, ServerSettings};
 use crate::targets::{Target, Targets};
 
 /// Everything a listener needs to handle its connections.
@@ -86,16 +86,21 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
+        let conn = Arc::new(ConnCtx {
+            abort: abort.clone(),
+            tracker: tracker.clone(),
+            permit: Arc::new(permit),
+            response_timeout: ctx.response_timeout,
+            idle_timeout: ctx.idle_timeout,
+        });
         let ctx = ctx.clone();
         let drain = drain.clone();
-        let abort = abort.clone();
         tracker.spawn(async move {
             // After the grace period the proxy aborts what is left.
             tokio::select! {
-                () = handle(stream, peer, &ctx, drain, &abort) => {}
-                () = abort.cancelled() => {}
+                () = handle(stream, peer, &ctx, drain, &conn) => {}
+                () = conn.abort.cancelled() => {}
             }
-            drop(permit);
         });
     }
     tracing::debug!(direction = dir, "listener closed");
@@ -109,14 +114,17 @@ fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &
     } else {
         sock.original_dst_v6()
     };
+    // Without a redirect the "original destination" is the socket's own local address
+    // (the listener's port on whichever interface the client dialled): that is no redirect.
+    let local = stream.local_addr().ok();
     let orig = orig
         .ok()
         .and_then(|a| a.as_socket())
-        .filter(|a| *a != ctx.local);
+        .filter(|a| *a != ctx.local && Some(*a) != local);
     let target = orig
         .or(ctx.target)
         .ok_or("no original destination and no target configured")?;
-    if ctx.own_addrs.iter().any(|own| same_socket(target, *own)) {
+    if Some(target) == local || ctx.own_addrs.iter().any(|own| same_socket(target, *own)) {
         return Err("destination is the proxy's own listener; refusing to loop");
     }
     Ok(target)
@@ -127,7 +135,7 @@ async fn handle(
     peer: SocketAddr,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
-    abort: &CancellationToken,
+    conn: &Arc<ConnCtx>,
 ) {
     let dir = ctx.direction.as_str();
     let _ = stream.set_nodelay(true);
@@ -146,7 +154,7 @@ async fn handle(
         let mut io = ServerIo::new(stream, state.clone(), Watch::Bytes);
         opaque(&mut io, addr, ctx, &state).await;
     } else {
-        serve_detected(stream, peer, &target, ctx, &state, drain, abort).await;
+        serve_detected(stream, peer, &target, ctx, &state, drain, conn).await;
     }
     let (read, written) = state.bytes();
     target.tcp.closed(read, written);
@@ -159,7 +167,7 @@ async fn serve_detected(
     ctx: &ListenerCtx,
     state: &Arc<ConnState>,
     drain: watch::Receiver<bool>,
-    abort: &CancellationToken,
+    conn: &Arc<ConnCtx>,
 ) {
     let addr = target.addr;
     let dir = ctx.direction.as_str();
@@ -174,12 +182,7 @@ async fn serve_detected(
     match outcome.protocol() {
         Protocol::Http1 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
-            let svc = ProxyService::new(
-                target.clone(),
-                state.clone(),
-                abort.clone(),
-                ctx.response_timeout,
-            );
+            let svc = ProxyService::new(target.clone(), state.clone(), conn.clone());
             let conn = ctx
                 .server
                 .h1()
@@ -197,12 +200,7 @@ async fn serve_detected(
         }
         Protocol::Http2 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http2);
-            let svc = ProxyService::new(
-                target.clone(),
-                state.clone(),
-                abort.clone(),
-                ctx.response_timeout,
-            );
+            let svc = ProxyService::new(target.clone(), state.clone(), conn.clone());
             let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
             drive(conn, state, None, ctx.idle_timeout, drain, |c| {
                 c.graceful_shutdown()

@@ -5,7 +5,7 @@
 //! latency buckets, so histograms render as Prometheus histograms that aggregate across
 //! proxies rather than as per-process summaries.
 
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 pub use mesh_core::metrics::describe as describe_metrics;
 
@@ -16,11 +16,17 @@ pub use mesh_core::metrics::describe as describe_metrics;
 /// # Errors
 ///
 /// When the bucket configuration is rejected (it is fixed, so only on a library bug).
-pub fn prometheus_recorder() -> Result<PrometheusRecorder, BuildError> {
+pub fn prometheus_recorder() -> Result<PrometheusRecorder, TelemetryError> {
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(mesh_core::metrics::RESPONSE_LATENCY_SECONDS.to_owned()),
             mesh_core::metrics::LATENCY_BUCKETS,
-        )?
+        )
+        .map_err(|e| TelemetryError(e.to_string()))?
         .build_recorder())
 }
+
+/// The metrics recorder could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the Prometheus recorder: {0}")]
+pub struct TelemetryError(String);

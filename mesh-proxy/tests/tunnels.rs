@@ -222,3 +222,89 @@ async fn loops_to_the_proxy_itself_are_refused() {
     assert!(closed, "a looping connection is closed");
     assert!(text.is_empty(), "and never answered: {text}");
 }
+
+#[tokio::test]
+async fn an_open_tunnel_holds_its_slot_under_the_connection_cap() {
+    let app = mesh_test::app::App::spawn().await;
+    let mut cfg = config(app.addr());
+    cfg.limits.max_connections = std::num::NonZeroUsize::new(1);
+    let proxy = proxy(cfg).await;
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.outbound), stream)
+            .await
+            .expect("handshake");
+    ws.send(Message::text("hold")).await.expect("send");
+    let _ = ws.next().await.expect("echo").expect("ok");
+    // The tunnel outlives its HTTP connection and still counts against the cap.
+    let (text, closed) = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        closed && text.is_empty(),
+        "over the cap while the tunnel is open: {text}"
+    );
+    ws.close(None).await.expect("close");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (text, _) = raw(
+        proxy.outbound,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the slot is free again: {text}"
+    );
+}
+
+#[tokio::test]
+async fn drain_waits_for_tunnels_then_closes_them_after_the_grace() {
+    let app = mesh_test::app::App::spawn().await;
+    let mut cfg = config(app.addr());
+    cfg.shutdown.grace = Duration::from_millis(500);
+    let proxy = proxy(cfg).await;
+    let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.outbound), stream)
+            .await
+            .expect("handshake");
+    ws.send(Message::text("x")).await.expect("send");
+    let _ = ws.next().await.expect("echo").expect("ok");
+    proxy.shutdown.trigger();
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), proxy.task)
+        .await
+        .expect("run ends")
+        .expect("join");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the drain waited for the tunnel"
+    );
+    let next = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("tunnel closed");
+    assert!(
+        !matches!(next, Some(Ok(Message::Text(_)))),
+        "the tunnel is gone: {next:?}"
+    );
+}
+
+#[tokio::test]
+async fn h2c_upgrade_requests_are_not_tunnelled() {
+    let (app, proxy) = app_and_proxy().await;
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let (text, _) = raw(proxy.outbound, req, Duration::from_secs(2)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = app.seen().pop().expect("seen");
+    assert!(
+        !seen.headers.contains_key("upgrade"),
+        "the upgrade was stripped: {:?}",
+        seen.headers
+    );
+    assert!(!seen.headers.contains_key("http2-settings"));
+}

@@ -8,7 +8,7 @@
 //!
 //! Built on `hyper::client::conn` directly rather than hyper-util's pooled `Client`: the
 //! endpoint is already known, so the pool needs no per-request key hashing, URI rewriting or
-//! spawned task (see `performance.md` §3).
+//! spawned task per request.
 //!
 //! HTTP/1 connections are reused after their response ends; a request that a pooled
 //! connection could not even start sending (the upstream closed it while idle) is sent again
@@ -21,14 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower_service::Service;
 
 use crate::BoxError;
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::connect::TcpConnect;
 
 use self::pool::{IdleList, Returner};
@@ -70,8 +69,12 @@ impl UpstreamError {
         self.addr
     }
 
-    /// The underlying hyper error.
-    pub fn hyper_error(&self) -> &hyper::Error {
+    /// Whether the upstream exchange timed out inside hyper.
+    pub fn is_timeout(&self) -> bool {
+        self.source.is_timeout()
+    }
+
+    pub(crate) fn hyper_error(&self) -> &hyper::Error {
         &self.source
     }
 }
@@ -103,7 +106,7 @@ struct Inner<C> {
     connect: C,
     config: ClientConfig,
     idle: Arc<IdleList>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
@@ -166,7 +169,7 @@ where
     /// # Errors
     ///
     /// The connect service's errors, or [`UpstreamError`].
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<ProxyBody>, BoxError> {
         if req.version() == Version::HTTP_2 {
             self.send_h2(req).await
         } else {
@@ -174,7 +177,7 @@ where
         }
     }
 
-    async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+    async fn send_h1(&self, req: Request<RequestBody>) -> Result<Response<ProxyBody>, BoxError> {
         let addr = self.inner.addr;
         let is_connect = req.method() == Method::CONNECT;
         let mut req = req;
@@ -233,7 +236,7 @@ where
         Ok(res.map(|b| b.with_returner(returner)))
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, BoxError> {
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, BoxError> {
         let addr = self.inner.addr;
         let io = self.inner.connect.clone().call(addr).await?;
         let (sender, conn) = http1::Builder::new()
@@ -249,7 +252,7 @@ where
         Ok(sender)
     }
 
-    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+    async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<ProxyBody>, BoxError> {
         let addr = self.inner.addr;
         let mut sender = self.h2_sender().await?;
         sender
@@ -263,7 +266,7 @@ where
         Ok(res.map(ProxyBody::upstream))
     }
 
-    async fn h2_sender(&self) -> Result<http2::SendRequest<Incoming>, BoxError> {
+    async fn h2_sender(&self) -> Result<http2::SendRequest<RequestBody>, BoxError> {
         if let Some(s) = self.cached_h2() {
             return Ok(s);
         }
@@ -271,7 +274,7 @@ where
         Box::pin(self.connect_h2()).await
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<Incoming>, BoxError> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, BoxError> {
         // One connect at a time, so a burst of first requests shares one connection.
         let _connecting = self.inner.h2_connecting.lock().await;
         if let Some(s) = self.cached_h2() {
@@ -295,7 +298,7 @@ where
         Ok(sender)
     }
 
-    fn cached_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn cached_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut slot = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
             Some(s) if !s.is_closed() => Some(s.clone()),

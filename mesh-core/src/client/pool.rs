@@ -8,7 +8,7 @@
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use crate::body::RequestBody;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ pub(crate) struct IdleList {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -39,10 +39,9 @@ impl IdleList {
     ///
     /// A connection whose previous exchange is still finishing (its request body still
     /// streaming) is kept for later rather than waited on.
-    pub(crate) fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    pub(crate) fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let mut busy_at = None;
         let mut i = conns.len();
         while i > 0 {
             i -= 1;
@@ -54,15 +53,14 @@ impl IdleList {
             if idle.sender.is_ready() {
                 return Some(conns.swap_remove(i).sender);
             }
-            busy_at.get_or_insert(i);
+            // Still finishing its previous exchange (another client's request body is still
+            // uploading): never make this request wait on it; it stays for later.
         }
-        // Nothing is ready this instant; the newest connection was usually returned a moment
-        // ago and is ready as soon as its task runs, so the caller may wait on it briefly.
-        busy_at.map(|i| conns.swap_remove(i).sender)
+        None
     }
 
     /// Returns a connection for reuse, unless the list is full or the connection closed.
-    pub(crate) fn give_back(&self, sender: SendRequest<Incoming>) {
+    pub(crate) fn give_back(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -90,12 +88,12 @@ impl IdleList {
 /// Gives an HTTP/1 connection back to its idle list once its response has ended.
 #[derive(Debug)]
 pub(crate) struct Returner {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<RequestBody>,
     list: Weak<IdleList>,
 }
 
 impl Returner {
-    pub(crate) fn new(sender: SendRequest<Incoming>, list: Weak<IdleList>) -> Self {
+    pub(crate) fn new(sender: SendRequest<RequestBody>, list: Weak<IdleList>) -> Self {
         Self { sender, list }
     }
 

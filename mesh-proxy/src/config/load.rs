@@ -110,12 +110,18 @@ impl Config {
         cfg.fill_defaults();
         cfg.check().map_err(|(key, value, reason)| {
             let line = locate(text, key);
+            // Echo the value as the file wrote it, when the file set it.
+            let written = line
+                .and_then(|n| text.lines().nth(n - 1))
+                .and_then(|l| l.split_once('='))
+                .map(|(_, v)| v.split(" #").next().unwrap_or(v).trim().to_owned())
+                .filter(|v| !v.is_empty());
             ConfigError::from(Details {
                 file: file.to_owned(),
                 line,
                 column: None,
                 key: key.to_owned(),
-                value: Some(value),
+                value: Some(written.unwrap_or(value)),
                 reason,
             })
         })?;
@@ -155,6 +161,33 @@ impl Config {
         for (key, d) in nonzero {
             if d.is_zero() {
                 return Err((key, "\"0s\"".into(), "must be greater than zero".into()));
+            }
+            if d > MAX_DURATION {
+                return Err((
+                    key,
+                    format!("\"{}\"", humantime::format_duration(d)),
+                    "must be at most 30 days".into(),
+                ));
+            }
+        }
+        if l.detect_timeout > Duration::from_secs(60) {
+            return Err((
+                "limits.detect_timeout",
+                format!("\"{}\"", humantime::format_duration(l.detect_timeout)),
+                "must be at most 60s (clients of server-speaks-first protocols wait this long)"
+                    .into(),
+            ));
+        }
+        for (key, d) in [
+            ("client.idle_timeout", self.client.idle_timeout),
+            ("shutdown.grace", self.shutdown.grace),
+        ] {
+            if d > MAX_DURATION {
+                return Err((
+                    key,
+                    format!("\"{}\"", humantime::format_duration(d)),
+                    "must be at most 30 days".into(),
+                ));
             }
         }
         let hb = l.max_request_header_bytes.as_u64();
@@ -223,6 +256,10 @@ impl Config {
         Ok(())
     }
 }
+
+/// The longest duration any setting accepts; far beyond any sensible value, and far from
+/// overflowing a clock.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Whether a connection to `target` would arrive at a listener bound to `listen`.
 pub(crate) fn same_socket(target: SocketAddr, listen: SocketAddr) -> bool {
@@ -351,7 +388,7 @@ mod tests {
                 "[limits]\nmax_request_header_bytes = \"1KiB\"\n",
                 "limits.max_request_header_bytes",
                 2,
-                "1024",
+                "1KiB",
             ),
             (
                 "[limits]\nconnect_timeout = \"0s\"\n",
@@ -378,6 +415,19 @@ mod tests {
                 "70000",
             ),
             ("[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
+            (
+                "[limits]\ndetect_timeout = \"500000000000y\"\n",
+                "limits.detect_timeout",
+                2,
+                "y",
+            ),
+            (
+                "[limits]\ndetect_timeout = \"2m\"\n",
+                "limits.detect_timeout",
+                2,
+                "2m",
+            ),
+            ("[shutdown]\ngrace = \"400d\"\n", "shutdown.grace", 2, "400"),
             (
                 "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = \"127.0.0.1:4140\"\n",
                 "outbound.target",

@@ -180,7 +180,8 @@ pub struct Limits {
     /// connection as opaque TCP. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub detect_timeout: Duration,
-    /// Most concurrent client connections per listener; more are closed at accept.
+    /// Most concurrent client connections, across both listeners (tunnels included); more
+    /// are closed at accept.
     /// Default: half the open-file limit less a reserve (each proxied connection
     /// uses two descriptors), at most 100000.
     pub max_connections: Option<NonZeroUsize>,
