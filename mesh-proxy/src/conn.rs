@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -39,7 +40,13 @@ pub(crate) struct ConnState {
     ambiguous: AtomicBool,
     read: AtomicU64,
     written: AtomicU64,
+    /// When the in-flight HTTP/1 request's response head is due (`NO_DEADLINE` if none).
+    head_deadline_ms: AtomicU64,
+    head_timed_out: AtomicBool,
+    head_waker: AtomicWaker,
 }
+
+const NO_DEADLINE: u64 = u64::MAX;
 
 impl ConnState {
     pub(crate) fn new() -> Arc<Self> {
@@ -52,6 +59,9 @@ impl ConnState {
             ambiguous: AtomicBool::new(false),
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            head_deadline_ms: AtomicU64::new(NO_DEADLINE),
+            head_timed_out: AtomicBool::new(false),
+            head_waker: AtomicWaker::new(),
         })
     }
 
@@ -94,14 +104,35 @@ impl ConnState {
 
     /// Waits until the connection has been idle past `idle` or an HTTP/1 request head has
     /// taken longer than `header` (when given), and says which.
-    pub(crate) async fn expired(&self, header: Option<Duration>, idle: Duration) -> Expired {
+    ///
+    /// With `response`, it also enforces the HTTP/1 response timeout: a request whose
+    /// response head is due (see [`ConnState::await_response_head`]) and late is failed
+    /// through [`ConnState::poll_response_late`]. One request is in flight at a time on an
+    /// HTTP/1 connection, so this costs no timer per request.
+    pub(crate) async fn expired(
+        &self,
+        header: Option<Duration>,
+        idle: Duration,
+        response: Option<Duration>,
+    ) -> Expired {
         let idle_ms = duration_ms(idle);
         let header_ms = header.map(duration_ms);
         // The longest the watchdog sleeps without looking: a head that starts while it sleeps
-        // through an idle period is noticed within one header timeout.
-        let recheck = header_ms.unwrap_or(idle_ms).min(idle_ms);
+        // through an idle period is noticed within one header timeout, and a response
+        // deadline (always at least one response timeout away when set) before it passes.
+        let recheck = header_ms
+            .unwrap_or(idle_ms)
+            .min(idle_ms)
+            .min(response.map_or(u64::MAX, duration_ms));
         loop {
             let now = self.now_ms();
+            let due = self.head_deadline_ms.load(Relaxed);
+            if due != NO_DEADLINE && now >= due {
+                self.head_deadline_ms.store(NO_DEADLINE, Relaxed);
+                self.head_timed_out.store(true, Relaxed);
+                self.head_waker.wake();
+            }
+            let due = self.head_deadline_ms.load(Relaxed);
             let phase = self.phase.load(Relaxed);
             let wake = match header_ms {
                 Some(header_ms) if phase == HEAD => {
@@ -120,7 +151,33 @@ impl ConnState {
                 }
                 _ => now.saturating_add(recheck),
             };
+            let wake = wake.min(due);
             tokio::time::sleep_until(self.base + Duration::from_millis(wake)).await;
+        }
+    }
+
+    /// The in-flight request now waits for its response head, for at most `timeout`.
+    pub(crate) fn await_response_head(&self, timeout: Duration) {
+        self.head_timed_out.store(false, Relaxed);
+        self.head_deadline_ms
+            .store(self.now_ms().saturating_add(duration_ms(timeout)), Relaxed);
+    }
+
+    /// The response head arrived (or the request failed otherwise).
+    pub(crate) fn response_head_done(&self) {
+        self.head_deadline_ms.store(NO_DEADLINE, Relaxed);
+    }
+
+    /// Ready once the watchdog found the awaited response head late.
+    pub(crate) fn poll_response_late(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.head_timed_out.load(Relaxed) {
+            return Poll::Ready(());
+        }
+        self.head_waker.register(cx.waker());
+        if self.head_timed_out.load(Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -293,7 +350,11 @@ mod tests {
         let _ = io.read(&mut buf).await.expect("read");
         let started = Instant::now();
         let why = state
-            .expired(Some(Duration::from_secs(10)), Duration::from_secs(3600))
+            .expired(
+                Some(Duration::from_secs(10)),
+                Duration::from_secs(3600),
+                None,
+            )
             .await;
         assert_eq!(why, Expired::HeaderTimeout);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
@@ -307,7 +368,7 @@ mod tests {
         drop(guard);
         let started = Instant::now();
         let why = state
-            .expired(Some(Duration::from_secs(10)), Duration::from_secs(60))
+            .expired(Some(Duration::from_secs(10)), Duration::from_secs(60), None)
             .await;
         assert_eq!(why, Expired::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
@@ -317,7 +378,7 @@ mod tests {
     async fn requests_in_flight_are_never_idle() {
         let state = ConnState::new();
         let (guard, _) = state.request_started(false);
-        let watchdog = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2));
+        let watchdog = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2), None);
         let r = tokio::time::timeout(Duration::from_secs(30), watchdog).await;
         assert!(r.is_err(), "watchdog fired while a request was in flight");
         drop(guard);
@@ -334,7 +395,7 @@ mod tests {
         io.read_exact(&mut buf).await.expect("read");
         let started = Instant::now();
         assert_eq!(
-            state.expired(None, Duration::from_secs(60)).await,
+            state.expired(None, Duration::from_secs(60), None).await,
             Expired::Idle
         );
         assert_eq!(started.elapsed(), Duration::from_secs(60));
@@ -370,7 +431,7 @@ mod body_tests {
         let hook = hook.expect("a body is open");
         // The response ends first (an early answer); the upload goes on.
         drop(guard);
-        let idle = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2));
+        let idle = state.expired(Some(Duration::from_secs(1)), Duration::from_secs(2), None);
         assert!(
             tokio::time::timeout(Duration::from_secs(30), idle)
                 .await
@@ -381,10 +442,48 @@ mod body_tests {
         let started = Instant::now();
         assert_eq!(
             state
-                .expired(Some(Duration::from_secs(1)), Duration::from_secs(2))
+                .expired(Some(Duration::from_secs(1)), Duration::from_secs(2), None)
                 .await,
             Expired::Idle
         );
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod response_deadline_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_fails_a_late_response_head_on_time() {
+        let state = ConnState::new();
+        let (_guard, _) = state.request_started(false);
+        let watchdog = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                state
+                    .expired(
+                        Some(Duration::from_secs(10)),
+                        Duration::from_secs(3600),
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let started = Instant::now();
+        state.await_response_head(Duration::from_secs(5));
+        std::future::poll_fn(|cx| state.poll_response_late(cx)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // An answered request is never failed late.
+        state.await_response_head(Duration::from_secs(5));
+        state.response_head_done();
+        let late = tokio::time::timeout(
+            Duration::from_secs(20),
+            std::future::poll_fn(|cx| state.poll_response_late(cx)),
+        )
+        .await;
+        assert!(late.is_err());
+        watchdog.abort();
     }
 }

@@ -112,13 +112,17 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
         let ctx = self.ctx.clone();
+        let conn = self.conn.clone();
         Box::pin(async move {
             let start = Instant::now();
             target.http.request();
             let grpc = is_grpc(&req);
             let h2 = req.version() == http::Version::HTTP_2;
             let req = req.map(|body| RequestBody::new(body, body_hook));
-            let res = match forward(&target, req, ambiguous, &ctx).await {
+            // HTTP/1 has one request in flight per connection: its watchdog times the
+            // response head, with no timer per request. HTTP/2 streams time themselves.
+            let watched = (!h2).then_some(&*conn);
+            let res = match forward(&target, req, ambiguous, &ctx, watched).await {
                 Ok(res) => res,
                 Err(error) => {
                     tracing::info!(dst = %target.addr, %error, "request failed");
@@ -151,6 +155,7 @@ async fn forward(
     mut req: Request<RequestBody>,
     ambiguous: bool,
     ctx: &ConnCtx,
+    watched: Option<&ConnState>,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, repeated content-length, or bare LF)").into());
@@ -161,9 +166,23 @@ async fn forward(
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let timeout = ctx.response_timeout;
-    let mut res = tokio::time::timeout(timeout, target.endpoint.send(req))
-        .await
-        .map_err(|_| ResponseTimeout::new(target.addr, timeout))??;
+    let late = || ResponseTimeout::new(target.addr, timeout);
+    let mut res = match watched {
+        Some(state) => {
+            state.await_response_head(timeout);
+            let mut send = std::pin::pin!(target.endpoint.send(req));
+            let res = std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => state.poll_response_late(cx).map(|()| None),
+            })
+            .await;
+            state.response_head_done();
+            res.ok_or_else(late)??
+        }
+        None => tokio::time::timeout(timeout, target.endpoint.send(req))
+            .await
+            .map_err(|_| late())??,
+    };
     let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
         || (connect && res.status().is_success());
     strip_hop_by_hop(res.headers_mut(), switched && upgrade);
@@ -209,7 +228,7 @@ async fn tunnel(
             Ok((tx, rx)) => tracing::debug!(%dst, tx, rx, "tunnel closed"),
             Err(error) => tracing::debug!(%dst, %error, "tunnel failed"),
         },
-        _ = state.expired(None, idle) => tracing::debug!(%dst, "idle tunnel closed"),
+        _ = state.expired(None, idle, None) => tracing::debug!(%dst, "idle tunnel closed"),
     }
     let (read, written) = state.bytes();
     target.tcp.transferred(read, written);

@@ -188,24 +188,24 @@ async fn serve_detected(
                 .h1()
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            drive(
-                conn,
-                state,
-                Some(ctx.header_timeout),
-                ctx.idle_timeout,
-                drain,
-                |c| c.graceful_shutdown(),
-            )
-            .await;
+            let timeouts = Timeouts {
+                header: Some(ctx.header_timeout),
+                idle: ctx.idle_timeout,
+                response: Some(ctx.response_timeout),
+            };
+            drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
         }
         Protocol::Http2 => {
             let io = ServerIo::new(io, state.clone(), Watch::Http2);
             let svc = ProxyService::new(target.clone(), state.clone(), conn.clone());
             let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
-            drive(conn, state, None, ctx.idle_timeout, drain, |c| {
-                c.graceful_shutdown()
-            })
-            .await;
+            // HTTP/2 multiplexes: each stream times its own response.
+            let timeouts = Timeouts {
+                header: None,
+                idle: ctx.idle_timeout,
+                response: None,
+            };
+            drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
         }
         Protocol::Tls(hello) => {
             tracing::debug!(direction = dir, %peer, sni = ?hello.server_name, "forwarding TLS as opaque");
@@ -225,18 +225,24 @@ where
 {
     tokio::select! {
         () = crate::tcp::forward(io, addr, ctx.connect) => {}
-        _ = state.expired(None, ctx.idle_timeout) => {
+        _ = state.expired(None, ctx.idle_timeout, None) => {
             tracing::debug!(direction = ctx.direction.as_str(), %addr, "idle opaque connection closed");
         }
     }
 }
 
 /// Runs a hyper connection to completion under the watchdog and the drain signal.
+/// What a connection's watchdog enforces.
+struct Timeouts {
+    header: Option<Duration>,
+    idle: Duration,
+    response: Option<Duration>,
+}
+
 async fn drive<C, E>(
     conn: C,
     state: &ConnState,
-    header_timeout: Option<Duration>,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
     mut drain: watch::Receiver<bool>,
     graceful: impl Fn(std::pin::Pin<&mut C>),
 ) where
@@ -253,7 +259,7 @@ async fn drive<C, E>(
                 }
                 return;
             }
-            why = state.expired(header_timeout, idle_timeout), if !closing => match why {
+            why = state.expired(timeouts.header, timeouts.idle, timeouts.response), if !closing => match why {
                 Expired::HeaderTimeout => {
                     tracing::info!("request head not received within the header read timeout; closing connection");
                     return;
