@@ -14,7 +14,16 @@ use mesh_test::grpc::GreeterClient;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line naming what was wrong (file, line, key, value for config errors); no
+    // backtrace, whatever RUST_BACKTRACE says.
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
         .from_env_lossy();

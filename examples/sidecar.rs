@@ -44,7 +44,16 @@ struct Args {
     log: String,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line naming what was wrong (file, line, key, value for config errors); no
+    // backtrace, whatever RUST_BACKTRACE says.
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&args.log)
