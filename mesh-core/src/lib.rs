@@ -8,6 +8,7 @@
 //! - [`io`]: the replaying stream;
 //! - [`connect`]: the TCP connect service that mTLS wraps;
 //! - [`client`]: per-endpoint HTTP/1 pools and HTTP/2 connections;
+//! - [`framing`]: spotting ambiguous HTTP/1 request framing in the raw head;
 //! - [`headers`]: hop-by-hop header rules;
 //! - [`errors`]: named request-path errors and the one function that turns them into responses;
 //! - [`body`]: the response body type the proxy serves;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod connect;
 pub mod detect;
 pub mod errors;
+pub mod framing;
 pub mod headers;
 pub mod io;
 pub mod metrics;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use mesh_core::body::BodyEnd;
 
-use crate::framing::HeadScanner;
+use mesh_core::framing::HeadScanner;
 
 const IDLE: u8 = 0;
 const HEAD: u8 = 1;

@@ -23,7 +23,6 @@
 pub mod admin;
 pub mod config;
 mod conn;
-mod framing;
 mod http;
 mod lifecycle;
 mod listener;

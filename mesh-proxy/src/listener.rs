@@ -22,9 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::config::same_socket;
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
-use crate::framing::HeadScanner;
 use crate::http::{ConnCtx, ProxyService, ServerSettings};
 use crate::targets::{Target, Targets};
+use mesh_core::framing::HeadScanner;
 
 /// Everything a listener needs to handle its connections.
 #[derive(Debug)]

@@ -16,8 +16,9 @@
 
 /// What the scanner concluded about one request head.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HeadVerdict {
-    pub(crate) ambiguous: Option<&'static str>,
+pub struct HeadVerdict {
+    /// Why the head is ambiguous, if it is.
+    pub ambiguous: Option<&'static str>,
 }
 
 /// A streaming scanner over one HTTP/1 request head.
@@ -26,7 +27,7 @@ pub(crate) struct HeadVerdict {
 /// `Transfer-Encoding:`?) and at the byte before the LF (CRLF or bare LF); the rest of a line
 /// is skipped with a byte search, so a typical head costs a few hundred instructions.
 #[derive(Debug, Default)]
-pub(crate) struct HeadScanner {
+pub struct HeadScanner {
     /// The start of the current line when it arrived split over reads (rare), lower-cased.
     start: [u8; 32],
     start_len: usize,
@@ -46,17 +47,17 @@ const TE: &[u8] = b"transfer-encoding:";
 
 impl HeadScanner {
     /// Starts on a new request head.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         *self = Self::default();
     }
 
     /// Whether the blank line ending the head has been seen.
-    pub(crate) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.done
     }
 
     /// Scans the next bytes of the head; bytes after its end are ignored.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
         while !self.done && !bytes.is_empty() {
             let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) => (&bytes[..i], Some(i + 1)),
@@ -122,7 +123,7 @@ impl HeadScanner {
     }
 
     /// The verdict on the head scanned so far.
-    pub(crate) fn verdict(&self) -> HeadVerdict {
+    pub fn verdict(&self) -> HeadVerdict {
         let ambiguous = if self.transfer_encoding && self.content_lengths > 0 {
             Some("request has both content-length and transfer-encoding")
         } else if self.content_lengths > 1 {
