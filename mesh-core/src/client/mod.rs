@@ -310,3 +310,117 @@ where
         }
     }
 }
+
+/// An endpoint is the innermost service of a request stack: later layers (timeouts, retries,
+/// a balancer over several endpoints) wrap it as a `tower::Service`.
+///
+/// It is always ready: connections are opened, reused or multiplexed per request, so there
+/// is no capacity to wait for here; a balancer in front of several endpoints adds readiness
+/// by load.
+impl<C, I> Service<Request<RequestBody>> for HttpEndpoint<C>
+where
+    C: Service<SocketAddr, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+
+    /// An upstream answering every request with its method and path.
+    async fn upstream() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let text = format!("{} {}", req.method(), req.uri().path());
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(
+                        text,
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    /// A front server that hands each request to `endpoint` through `tower::Service`.
+    async fn front(endpoint: HttpEndpoint) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let endpoint = endpoint.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut endpoint = endpoint.clone();
+                    async move {
+                        Service::call(&mut endpoint, req.map(|b| RequestBody::new(b, None))).await
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn endpoint_serves_as_a_tower_service_and_reuses_its_connection() {
+        let up = upstream().await;
+        let endpoint = HttpEndpoint::new(up, TcpConnect::default(), ClientConfig::default());
+        let addr = front(endpoint.clone()).await;
+        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        for path in ["/a", "/b", "/c"] {
+            tx.ready().await.expect("ready");
+            let req = Request::get(path)
+                .header("host", "x")
+                .body(Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let res = tx.send_request(req).await.expect("response");
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(body, format!("GET {path}"));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            endpoint.evict_expired(),
+            1,
+            "one pooled upstream connection served all three"
+        );
+    }
+}
