@@ -141,16 +141,21 @@ impl Body for ProxyBody {
 /// end while the client is still uploading, and until the upload ends the next bytes on the
 /// connection are body, not the next request's head.
 pub trait BodyEnd: Send + Sync {
-    /// The body ended (end of stream, error or drop). Called once.
-    fn body_ended(&self);
+    /// The body ended. `complete` is true when it was read to its end, false when it was
+    /// abandoned (an error, or dropped early): then the rest of it may still be on the
+    /// connection. Called once.
+    fn body_ended(&self, complete: bool);
 }
 
 /// Calls [`BodyEnd::body_ended`] once, when dropped.
-struct EndGuard(std::sync::Arc<dyn BodyEnd>);
+struct EndGuard {
+    hook: std::sync::Arc<dyn BodyEnd>,
+    complete: bool,
+}
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        self.0.body_ended();
+        self.hook.body_ended(self.complete);
     }
 }
 
@@ -175,7 +180,14 @@ impl RequestBody {
     /// Wraps a client's request body; `on_end` hears when it ends. A body that is already
     /// complete (no body at all) reports nothing and keeps no hook.
     pub fn new(inner: Incoming, on_end: Option<std::sync::Arc<dyn BodyEnd>>) -> Self {
-        let on_end = on_end.filter(|_| !inner.is_end_stream()).map(EndGuard);
+        // Wrapped first: a hook given for a body that has already ended still hears so.
+        let done = inner.is_end_stream();
+        let on_end = on_end
+            .map(|hook| EndGuard {
+                hook,
+                complete: done,
+            })
+            .filter(|_| !done);
         Self { inner, on_end }
     }
 
@@ -195,13 +207,16 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Pending => false,
+        let complete = match &polled {
+            Poll::Ready(None) => Some(true),
+            Poll::Ready(Some(Err(_))) => Some(false),
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream().then_some(true),
+            Poll::Pending => None,
         };
-        if ended {
-            this.on_end.take();
+        if let Some(complete) = complete
+            && let Some(mut guard) = this.on_end.take()
+        {
+            guard.complete = complete;
         }
         polled
     }

@@ -35,6 +35,11 @@ pub struct HeadScanner {
     line_len: usize,
     /// The last byte seen on the current line.
     last: u8,
+    /// Whether a split line had a comma past its kept start.
+    line_comma: bool,
+    /// Whether a non-empty line (the request line) has been seen: empty lines before it are
+    /// skipped, as HTTP/1 parsers do, rather than taken for the end of the head.
+    seen_line: bool,
     bare_lf: bool,
     content_lengths: u8,
     content_length_list: bool,
@@ -99,11 +104,15 @@ impl HeadScanner {
         if last != b'\r' {
             self.bare_lf = true;
         }
+        let comma = std::mem::take(&mut self.line_comma);
         if content_len == 0 {
-            self.done = true;
-        } else if starts_with_ignore_case(start, CL) {
+            self.done = self.seen_line;
+            return;
+        }
+        self.seen_line = true;
+        if starts_with_ignore_case(start, CL) {
             self.content_lengths = self.content_lengths.saturating_add(1);
-            if start[CL.len()..].contains(&b',') {
+            if comma || start[CL.len()..].contains(&b',') {
                 self.content_length_list = true;
             }
         } else if starts_with_ignore_case(start, TE) {
@@ -114,6 +123,10 @@ impl HeadScanner {
     fn keep_start(&mut self, part: &[u8]) {
         let room = self.start.len().saturating_sub(self.start_len);
         let n = part.len().min(room);
+        // Past the kept start only a comma can still matter (a Content-Length list).
+        if part[n..].contains(&b',') {
+            self.line_comma = true;
+        }
         self.start[self.start_len..self.start_len + n].copy_from_slice(&part[..n]);
         self.start_len += n;
         self.line_len += part.len();
@@ -184,6 +197,27 @@ mod tests {
                     String::from_utf8_lossy(head)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn leading_empty_lines_do_not_end_the_head() {
+        let head =
+            b"\r\nPOST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for split in 0..head.len() {
+            let (v, done) = scan(head, split);
+            assert!(v.ambiguous.is_some(), "split {split}");
+            assert!(done);
+        }
+    }
+
+    #[test]
+    fn a_list_past_the_kept_start_is_seen_at_every_split() {
+        let mut head = b"POST / HTTP/1.1\r\nContent-Length: 5".to_vec();
+        head.extend(std::iter::repeat_n(b' ', 40));
+        head.extend_from_slice(b", 5\r\n\r\n");
+        for split in 0..head.len() {
+            assert!(scan(&head, split).0.ambiguous.is_some(), "split {split}");
         }
     }
 

@@ -44,6 +44,9 @@ pub(crate) struct ConnState {
     head_deadline_ms: AtomicU64,
     head_timed_out: AtomicBool,
     head_waker: AtomicWaker,
+    /// A request body was abandoned mid-way: later bytes are not scanned as heads, and the
+    /// connection closes after its next response.
+    desynced: AtomicBool,
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
@@ -62,6 +65,7 @@ impl ConnState {
             head_deadline_ms: AtomicU64::new(NO_DEADLINE),
             head_timed_out: AtomicBool::new(false),
             head_waker: AtomicWaker::new(),
+            desynced: AtomicBool::new(false),
         })
     }
 
@@ -90,6 +94,12 @@ impl ConnState {
             self.idle_since_ms.store(self.now_ms(), Relaxed);
             self.phase.store(IDLE, Relaxed);
         }
+    }
+
+    /// Whether the connection lost track of message boundaries (an abandoned request body);
+    /// its next response must close it.
+    pub(crate) fn is_desynced(&self) -> bool {
+        self.desynced.load(Relaxed)
     }
 
     /// Whether the request head just parsed had ambiguous framing; clears the flag.
@@ -140,7 +150,7 @@ impl ConnState {
                     if now >= deadline {
                         return Expired::HeaderTimeout;
                     }
-                    deadline
+                    deadline.min(now.saturating_add(recheck))
                 }
                 _ if phase == IDLE && self.in_flight.load(Relaxed) == 0 => {
                     let deadline = self.idle_since_ms.load(Relaxed).saturating_add(idle_ms);
@@ -221,7 +231,12 @@ impl Drop for RequestGuard {
 }
 
 impl BodyEnd for ConnState {
-    fn body_ended(&self) {
+    fn body_ended(&self, complete: bool) {
+        if !complete {
+            // The rest of that body may still arrive; the proxy no longer knows where the
+            // next request head starts.
+            self.desynced.store(true, Relaxed);
+        }
         self.finish_one();
     }
 }
@@ -267,6 +282,7 @@ impl<I: AsyncRead> AsyncRead for ServerIo<I> {
         if !new.is_empty() {
             this.state.on_read(new.len());
             match this.watch {
+                Watch::Http1(_) if this.state.desynced.load(Relaxed) => {}
                 Watch::Http1(scanner) => {
                     let phase = this.state.phase.load(Relaxed);
                     if phase == IDLE && this.state.in_flight.load(Relaxed) == 0 {
@@ -438,7 +454,7 @@ mod body_tests {
                 .is_err(),
             "not idle while the request body is still arriving"
         );
-        hook.body_ended();
+        hook.body_ended(true);
         let started = Instant::now();
         assert_eq!(
             state

@@ -108,7 +108,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ServerBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // The body is wrapped at once, so its end is reported even if this future is dropped
+        // before it first runs.
+        let desynced = self.conn.is_desynced();
         let (guard, body_hook) = self.conn.request_started(!req.body().is_end_stream());
+        let req = req.map(|body| RequestBody::new(body, body_hook));
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
         let ctx = self.ctx.clone();
@@ -118,11 +122,10 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             target.http.request();
             let grpc = is_grpc(&req);
             let h2 = req.version() == http::Version::HTTP_2;
-            let req = req.map(|body| RequestBody::new(body, body_hook));
             // HTTP/1 has one request in flight per connection: its watchdog times the
             // response head, with no timer per request. HTTP/2 streams time themselves.
             let watched = (!h2).then_some(&*conn);
-            let res = match forward(&target, req, ambiguous, &ctx, watched).await {
+            let mut res = match forward(&target, req, ambiguous, &ctx, watched).await {
                 Ok(res) => res,
                 Err(error) => {
                     tracing::info!(dst = %target.addr, %error, "request failed");
@@ -134,6 +137,14 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                     res
                 }
             };
+            if desynced && !h2 {
+                // An earlier request body was abandoned mid-way, so this head was found by
+                // hyper without the proxy's checks: answer it, then close.
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             let class = ResponseClass::of(res.status(), res.headers(), grpc);
             target.http.response(res.status(), class, start.elapsed());
             Ok(res.map(|body| ServerBody {
@@ -144,7 +155,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
+fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))

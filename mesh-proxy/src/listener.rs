@@ -232,6 +232,9 @@ where
 }
 
 /// Runs a hyper connection to completion under the watchdog and the drain signal.
+/// The idle timeout while a connection is already closing: never, in practice.
+const CLOSING_IDLE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// What a connection's watchdog enforces.
 struct Timeouts {
     header: Option<Duration>,
@@ -259,7 +262,9 @@ async fn drive<C, E>(
                 }
                 return;
             }
-            why = state.expired(timeouts.header, timeouts.idle, timeouts.response), if !closing => match why {
+            // The watchdog keeps running while the connection closes: in-flight requests still
+            // get their response timeout. Idleness no longer matters then.
+            why = state.expired(timeouts.header, if closing { CLOSING_IDLE } else { timeouts.idle }, timeouts.response) => match why {
                 Expired::HeaderTimeout => {
                     tracing::info!("request head not received within the header read timeout; closing connection");
                     return;

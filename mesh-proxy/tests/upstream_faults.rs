@@ -156,3 +156,37 @@ async fn a_slow_grpc_upstream_is_deadline_exceeded() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["grpc-status"], "4");
 }
+
+#[tokio::test]
+async fn the_response_timeout_still_holds_while_draining() {
+    let app = mesh_test::app::App::spawn().await;
+    let mut cfg = config(app.addr());
+    cfg.limits.response_timeout = Duration::from_millis(500);
+    cfg.shutdown.grace = Duration::from_secs(20);
+    let proxy = proxy(cfg).await;
+    let mut c = h1(proxy.outbound).await;
+    let pending = tokio::spawn(c.send_request(get(
+        proxy.outbound,
+        "/slow?ms=15000",
+        http::Version::HTTP_11,
+    )));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.shutdown.trigger();
+    let started = tokio::time::Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("answered in time")
+        .expect("join")
+        .expect("response");
+    assert_eq!(res.status(), 504);
+    assert_eq!(
+        res.headers()["connection"],
+        "close",
+        "draining: the connection closes after it"
+    );
+    tokio::time::timeout(Duration::from_secs(5), proxy.task)
+        .await
+        .expect("run ends long before the grace")
+        .expect("join");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
