@@ -8,11 +8,8 @@
 use anyhow::Context as _;
 use mesh_proxy::Proxy;
 use mesh_proxy::config::Config;
-use mesh_proxy::telemetry;
 use mesh_test::app::App;
 use mesh_test::grpc::GreeterClient;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() {
     // One line naming what was wrong (file, line, key, value for config errors); no
@@ -27,16 +24,7 @@ fn run() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
         .from_env_lossy();
-    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer())
-        .init();
-
-    let recorder = telemetry::prometheus_recorder()?;
-    let prometheus = recorder.handle();
-    metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
-    telemetry::describe_metrics();
+    let telemetry = mesh_examples::init(filter)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,8 +40,8 @@ fn run() -> anyhow::Result<()> {
         config.validate()?;
 
         let proxy = Proxy::new(config)
-            .with_prometheus(prometheus)
-            .with_log_level(log_handle);
+            .with_prometheus(telemetry.prometheus)
+            .with_log_level(telemetry.log);
         let shutdown = proxy.shutdown_handle();
         let bound = proxy
             .bind()

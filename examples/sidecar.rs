@@ -13,9 +13,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use mesh_proxy::Proxy;
 use mesh_proxy::config::Config;
-use mesh_proxy::telemetry;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Command-line flags; each overrides the matching key of the config file.
 #[derive(Debug, Parser)]
@@ -58,11 +55,7 @@ fn run() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&args.log)
         .context("invalid --log filter")?;
-    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer())
-        .init();
+    let telemetry = mesh_examples::init(filter)?;
 
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
@@ -74,11 +67,6 @@ fn run() -> anyhow::Result<()> {
         .validate()
         .context("invalid configuration (after applying flags)")?;
 
-    let recorder = telemetry::prometheus_recorder()?;
-    let prometheus = recorder.handle();
-    metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
-    telemetry::describe_metrics();
-
     // One core by default: a current-thread runtime is the fastest shape for a hyper proxy
     // on one core (no cross-thread wake-ups) and keeps idle memory small.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -86,8 +74,8 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let proxy = Proxy::new(config)
-            .with_prometheus(prometheus)
-            .with_log_level(log_handle);
+            .with_prometheus(telemetry.prometheus)
+            .with_log_level(telemetry.log);
         let shutdown = proxy.shutdown_handle();
         let bound = proxy.bind().await?;
         tokio::spawn(async move {
