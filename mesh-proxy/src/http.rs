@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::Direction;
 use crate::config::Limits;
 use crate::conn::{ConnState, RequestGuard, ServerIo, Watch};
 use crate::targets::Target;
@@ -176,6 +177,11 @@ async fn forward(
     let connect = req.method() == Method::CONNECT;
     let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    if target.direction == Direction::Inbound {
+        // `l5d-client-id` is the verified peer identity the inbound side vouches for
+        // (DESIGN §4); a value a client sent itself is never passed on.
+        req.headers_mut().remove(L5D_CLIENT_ID);
+    }
     let timeout = ctx.response_timeout;
     let late = || ResponseTimeout::new(target.addr, timeout);
     let mut res = match watched {
@@ -272,6 +278,9 @@ fn check_host<B>(req: &Request<B>) -> Result<(), BadRequest> {
         _ => Ok(()),
     }
 }
+
+/// The header that carries the verified identity of an inbound peer to the application.
+const L5D_CLIENT_ID: &str = "l5d-client-id";
 
 pin_project! {
     /// The body the proxy's server sends: the response body plus the guard that marks the

@@ -21,6 +21,7 @@ pub(crate) const MAX_TARGETS: usize = 10_000;
 /// Everything the proxy keeps per destination address.
 #[derive(Debug)]
 pub(crate) struct Target {
+    pub(crate) direction: Direction,
     pub(crate) addr: SocketAddr,
     pub(crate) endpoint: HttpEndpoint<TcpConnect>,
     pub(crate) http: HttpMetrics,
@@ -63,6 +64,7 @@ impl Targets {
         let dst = addr.to_string();
         let dir = self.direction.as_str();
         Target {
+            direction: self.direction,
             addr,
             endpoint: HttpEndpoint::new(addr, self.connect, self.client),
             http: HttpMetrics::new(dir, dst.clone()),

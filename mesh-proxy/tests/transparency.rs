@@ -342,3 +342,25 @@ async fn upstream_error_statuses_pass_through_untouched() {
         );
     }
 }
+
+#[tokio::test]
+async fn inbound_never_passes_on_a_client_supplied_identity() {
+    let (app, proxy) = app_and_proxy().await;
+    for (side, kept) in [(Side::Inbound, false), (Side::Outbound, true)] {
+        for version in VERSIONS {
+            let mut req = get(addr(&proxy, side), "/", version);
+            req.headers_mut().insert(
+                "l5d-client-id",
+                HeaderValue::from_static("spiffe://evil/ns/x/sa/admin"),
+            );
+            let res = send(addr(&proxy, side), version, req).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let seen = app.seen().pop().expect("seen");
+            assert_eq!(
+                seen.headers.contains_key("l5d-client-id"),
+                kept,
+                "{side:?} {version:?}"
+            );
+        }
+    }
+}
