@@ -129,7 +129,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             let mut res = match forward(&target, req, ambiguous, &ctx, watched).await {
                 Ok(res) => res,
                 Err(error) => {
-                    tracing::info!(dst = %target.addr, %error, "request failed");
+                    if let Some(suppressed) = target.failures.allow() {
+                        tracing::info!(dst = %target.addr, %error, suppressed, "request failed");
+                    }
                     let mut res = error_response(&error, grpc);
                     if h2 {
                         // HTTP/2 has no connection-level `Connection` header.

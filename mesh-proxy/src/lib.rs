@@ -26,6 +26,7 @@ mod conn;
 mod http;
 mod lifecycle;
 mod listener;
+mod ratelog;
 mod targets;
 mod tcp;
 pub mod telemetry;

@@ -24,6 +24,7 @@ use crate::admin::{self, AdminState, LogLevel};
 use crate::config::{Config, ListenerConfig};
 use crate::http::ServerSettings;
 use crate::listener::{self, ListenerCtx};
+use crate::ratelog::LogLimit;
 use crate::targets::Targets;
 
 /// A listener address could not be bound.
@@ -178,6 +179,7 @@ impl Proxy {
                 connect,
                 conns: conns.clone(),
                 cap,
+                refusals: LogLimit::new(),
             })
         };
         let mut listeners = Vec::new();

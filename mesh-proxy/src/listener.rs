@@ -23,6 +23,7 @@ use crate::Direction;
 use crate::config::same_socket;
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
 use crate::http::{ConnCtx, ProxyService, ServerSettings};
+use crate::ratelog::LogLimit;
 use crate::targets::{Target, Targets};
 use mesh_core::framing::HeadScanner;
 
@@ -44,6 +45,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) conns: Arc<Semaphore>,
     /// The connection cap `conns` started with.
     pub(crate) cap: usize,
+    /// Limits log lines about connections refused (cap, loops, no target).
+    pub(crate) refusals: LogLimit,
 }
 
 /// Accepts connections until the drain signal, then drops the listener so new connections
@@ -56,8 +59,6 @@ pub(crate) async fn serve(
     abort: CancellationToken,
 ) {
     let dir = ctx.direction.as_str();
-    let mut refused: u64 = 0;
-    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -74,14 +75,9 @@ pub(crate) async fn serve(
             }
         };
         let Ok(permit) = ctx.conns.clone().try_acquire_owned() else {
-            // Refused at once; logged at most once a second, with a count, so a flood of
-            // connections cannot turn into a flood of log lines.
-            refused += 1;
-            let now = tokio::time::Instant::now();
-            if last_refusal_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                tracing::warn!(direction = dir, %peer, cap = ctx.cap, refused, "connection cap reached; closing new connections");
-                last_refusal_log = Some(now);
-                refused = 0;
+            // Refused at once; a flood of connections must not become a flood of log lines.
+            if let Some(suppressed) = ctx.refusals.allow() {
+                tracing::warn!(direction = dir, %peer, cap = ctx.cap, suppressed, "connection cap reached; closing new connections");
             }
             drop(stream);
             continue;
@@ -142,7 +138,9 @@ async fn handle(
     let addr = match resolve_target(&stream, ctx) {
         Ok(a) => a,
         Err(reason) => {
-            tracing::warn!(direction = dir, %peer, reason, "connection refused");
+            if let Some(suppressed) = ctx.refusals.allow() {
+                tracing::warn!(direction = dir, %peer, reason, suppressed, "connection refused");
+            }
             return;
         }
     };

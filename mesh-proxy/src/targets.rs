@@ -14,6 +14,7 @@ use mesh_core::connect::TcpConnect;
 use mesh_core::metrics::{HttpMetrics, TcpMetrics};
 
 use crate::Direction;
+use crate::ratelog::LogLimit;
 
 /// The most targets one listener caches.
 pub(crate) const MAX_TARGETS: usize = 10_000;
@@ -26,6 +27,8 @@ pub(crate) struct Target {
     pub(crate) endpoint: HttpEndpoint<TcpConnect>,
     pub(crate) http: HttpMetrics,
     pub(crate) tcp: TcpMetrics,
+    /// Limits "request failed" log lines for this target.
+    pub(crate) failures: LogLimit,
 }
 
 /// The targets of one listener.
@@ -69,6 +72,7 @@ impl Targets {
             endpoint: HttpEndpoint::new(addr, self.connect, self.client),
             http: HttpMetrics::new(dir, dst.clone()),
             tcp: TcpMetrics::new(dir, dst),
+            failures: LogLimit::new(),
         }
     }
 
