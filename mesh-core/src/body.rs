@@ -190,11 +190,6 @@ impl RequestBody {
             .filter(|_| !done);
         Self { inner, on_end }
     }
-
-    /// Whether a hook is waiting for this body to end.
-    pub fn is_tracked(&self) -> bool {
-        self.on_end.is_some()
-    }
 }
 
 impl Body for RequestBody {

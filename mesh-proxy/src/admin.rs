@@ -30,6 +30,10 @@ use tokio::net::TcpListener;
 use crate::Shutdown;
 use crate::config::Config;
 
+/// Concurrent admin connections; more are closed at accept. Idle keep-alive connections
+/// close after the 10 s header-read timeout.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// The largest body accepted by `PUT /log-level`.
 const MAX_LOG_LEVEL_BODY: usize = 4 * 1024;
 
@@ -76,6 +80,8 @@ pub(crate) struct AdminState {
 
 /// Serves the admin API until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+    // The admin API is for an operator and a scraper, not for traffic: a few connections.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -85,8 +91,13 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection limit reached; closing");
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
