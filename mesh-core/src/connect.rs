@@ -1,10 +1,12 @@
 //! Opening transport connections to endpoints.
 //!
-//! The connect stack is a `tower::Service<SocketAddr>` that yields an I/O stream. This module
-//! provides the plain TCP one, [`TcpConnect`]: bounded by a connect timeout, with
-//! `TCP_NODELAY` set (HTTP messages are written whole, so Nagle only adds latency). mTLS wraps
-//! this service and yields a TLS stream instead; the HTTP clients in [`crate::client`] accept
-//! any such service.
+//! The connect stack is a `tower::Service<Endpoint>` that yields an I/O stream. It takes the
+//! whole [`Endpoint`] target, not just its address, so the layers that wrap it can use what
+//! discovery knows: mTLS checks the identity the endpoint must present and offers its
+//! protocol in ALPN. This module provides the plain TCP one, [`TcpConnect`]: bounded by a
+//! connect timeout, with `TCP_NODELAY` set (HTTP messages are written whole, so Nagle only
+//! adds latency). The HTTP clients in [`crate::client`] and opaque TCP forwarding accept any
+//! such service.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::BoxError;
+use crate::target::Endpoint;
 
 /// Connecting to an endpoint failed (refused, unreachable, reset).
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,7 @@ impl TcpConnect {
     }
 }
 
-impl tower_service::Service<SocketAddr> for TcpConnect {
+impl tower_service::Service<Endpoint> for TcpConnect {
     type Response = TcpStream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<TcpStream, BoxError>> + Send>>;
@@ -99,8 +102,8 @@ impl tower_service::Service<SocketAddr> for TcpConnect {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, addr: SocketAddr) -> Self::Future {
-        Box::pin(self.connect(addr))
+    fn call(&mut self, endpoint: Endpoint) -> Self::Future {
+        Box::pin(self.connect(endpoint.addr()))
     }
 }
 

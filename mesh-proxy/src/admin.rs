@@ -149,7 +149,9 @@ async fn route(
         },
         ("/log-level", &Method::PUT) => put_log_level(state, req).await,
         ("/shutdown", &Method::POST) => {
-            if !peer.ip().is_loopback() {
+            // Canonical form: on a dual-stack `[::]` listener an IPv4 loopback client shows
+            // as `::ffff:127.0.0.1`, which `Ipv6Addr::is_loopback` does not count.
+            if !peer.ip().to_canonical().is_loopback() {
                 tracing::warn!(%peer, "refused /shutdown from a non-loopback client");
                 return text(
                     StatusCode::FORBIDDEN,
@@ -217,4 +219,77 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     res.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Empty;
+
+    fn state() -> AdminState {
+        AdminState {
+            config: Arc::new(Config::default()),
+            prometheus: None,
+            log: None,
+            shutdown: Shutdown::default(),
+        }
+    }
+
+    /// Sends `POST /shutdown` to the admin handler as if from `peer` (a real socket can only
+    /// come from loopback in a test) and returns the status and whether shutdown started.
+    async fn post_shutdown_from(peer: &str) -> (StatusCode, bool) {
+        let peer: SocketAddr = peer.parse().expect("peer address");
+        let state = state();
+        let shutdown = state.shutdown.clone();
+        let (client, server) = tokio::io::duplex(4096);
+        let svc = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&state, peer, req).await) }
+        });
+        let server = tokio::spawn(
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), svc),
+        );
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(conn);
+        let req = Request::post("/shutdown")
+            .header(http::header::HOST, "admin")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let res = tx.send_request(req).await.expect("response");
+        let status = res.status();
+        drop(tx);
+        let _ = conn.await;
+        let _ = server.await;
+        (status, shutdown.is_triggered())
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_refused_from_a_non_loopback_peer() {
+        for peer in [
+            "10.0.0.1:50000",
+            "[2001:db8::1]:50000",
+            "[::ffff:10.0.0.1]:50000",
+        ] {
+            assert_eq!(
+                post_shutdown_from(peer).await,
+                (StatusCode::FORBIDDEN, false),
+                "{peer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_accepted_from_loopback() {
+        // `[::ffff:127.0.0.1]` is how an IPv4 loopback client appears to an admin server
+        // listening on a dual-stack `[::]` socket.
+        for peer in ["127.0.0.1:50000", "[::1]:50000", "[::ffff:127.0.0.1]:50000"] {
+            assert_eq!(
+                post_shutdown_from(peer).await,
+                (StatusCode::OK, true),
+                "{peer}"
+            );
+        }
+    }
 }

@@ -12,7 +12,10 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +45,13 @@ pub(crate) struct ConnState {
     written: AtomicU64,
     /// When the in-flight HTTP/1 request's response head is due (`NO_DEADLINE` if none).
     head_deadline_ms: AtomicU64,
+    /// The response timeout of the in-flight HTTP/1 request, waiting for its body to end
+    /// before it starts (`NO_DEADLINE` if none).
+    head_timeout_pending_ms: AtomicU64,
+    /// The in-flight request's body is still arriving.
+    body_open: AtomicBool,
+    /// When the in-flight request's body last made progress (its start, then each chunk).
+    body_progress_ms: AtomicU64,
     head_timed_out: AtomicBool,
     head_waker: AtomicWaker,
     /// A request body was abandoned mid-way: later bytes are not scanned as heads, and the
@@ -63,6 +73,9 @@ impl ConnState {
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
             head_deadline_ms: AtomicU64::new(NO_DEADLINE),
+            head_timeout_pending_ms: AtomicU64::new(NO_DEADLINE),
+            body_open: AtomicBool::new(false),
+            body_progress_ms: AtomicU64::new(0),
             head_timed_out: AtomicBool::new(false),
             head_waker: AtomicWaker::new(),
             desynced: AtomicBool::new(false),
@@ -83,6 +96,10 @@ impl ConnState {
     ) -> (RequestGuard, Option<Arc<dyn BodyEnd>>) {
         self.in_flight
             .fetch_add(if body_open { 2 } else { 1 }, Relaxed);
+        if body_open {
+            self.body_progress_ms.store(self.now_ms(), Relaxed);
+            self.body_open.store(true, SeqCst);
+        }
         self.phase.store(BUSY, Relaxed);
         let hook = body_open.then(|| self.clone() as Arc<dyn BodyEnd>);
         (RequestGuard(self.clone()), hook)
@@ -142,7 +159,21 @@ impl ConnState {
                 self.head_timed_out.store(true, Relaxed);
                 self.head_waker.wake();
             }
-            let due = self.head_deadline_ms.load(Relaxed);
+            // An upload the upstream stopped reading (and does not answer) makes no
+            // progress: its response timeout counts from its last chunk, so it is bounded
+            // too, though its end-of-body deadline is never armed.
+            let pending = self.head_timeout_pending_ms.load(SeqCst);
+            let stalled = if pending != NO_DEADLINE && self.body_open.load(SeqCst) {
+                self.body_progress_ms.load(Relaxed).saturating_add(pending)
+            } else {
+                NO_DEADLINE
+            };
+            if now >= stalled {
+                self.head_timeout_pending_ms.store(NO_DEADLINE, SeqCst);
+                self.head_timed_out.store(true, Relaxed);
+                self.head_waker.wake();
+            }
+            let due = self.head_deadline_ms.load(Relaxed).min(stalled);
             let phase = self.phase.load(Relaxed);
             let wake = match header_ms {
                 Some(header_ms) if phase == HEAD => {
@@ -166,15 +197,38 @@ impl ConnState {
         }
     }
 
-    /// The in-flight request now waits for its response head, for at most `timeout`.
+    /// The in-flight request now waits for its response head, for at most `timeout` once
+    /// its body has been read in full.
+    ///
+    /// The clock starts at the end of the request body, as Envoy's route timeout does: an
+    /// upload that takes longer than the timeout (the upstream answering once it has the
+    /// whole body, as most do) is a slow client, not a slow upstream.
     pub(crate) fn await_response_head(&self, timeout: Duration) {
+        // A deadline an earlier request's late body end armed after its answer came is
+        // stale: this request's own deadline replaces it.
+        self.head_deadline_ms.store(NO_DEADLINE, Relaxed);
         self.head_timed_out.store(false, Relaxed);
-        self.head_deadline_ms
-            .store(self.now_ms().saturating_add(duration_ms(timeout)), Relaxed);
+        // SeqCst pairs this store with the load of `body_open`, against `body_ended`'s
+        // store of `body_open` then swap of the pending timeout: one of the two arms it.
+        self.head_timeout_pending_ms
+            .store(duration_ms(timeout), SeqCst);
+        if !self.body_open.load(SeqCst) {
+            self.arm_response_deadline();
+        }
+    }
+
+    /// Starts the pending response timeout, if any (once, whoever comes first).
+    fn arm_response_deadline(&self) {
+        let ms = self.head_timeout_pending_ms.swap(NO_DEADLINE, SeqCst);
+        if ms != NO_DEADLINE {
+            self.head_deadline_ms
+                .store(self.now_ms().saturating_add(ms), Relaxed);
+        }
     }
 
     /// The response head arrived (or the request failed otherwise).
     pub(crate) fn response_head_done(&self) {
+        self.head_timeout_pending_ms.store(NO_DEADLINE, SeqCst);
         self.head_deadline_ms.store(NO_DEADLINE, Relaxed);
     }
 
@@ -231,7 +285,13 @@ impl Drop for RequestGuard {
 }
 
 impl BodyEnd for ConnState {
+    fn progressed(&self) {
+        self.body_progress_ms.store(self.now_ms(), Relaxed);
+    }
+
     fn body_ended(&self, complete: bool) {
+        self.body_open.store(false, SeqCst);
+        self.arm_response_deadline();
         if !complete {
             // The rest of that body may still arrive; the proxy no longer knows where the
             // next request head starts.

@@ -20,10 +20,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::BoxError;
-use mesh_core::body::{ProxyBody, RequestBody};
+use mesh_core::body::{BodyEnd, ProxyBody, RequestBody};
+use mesh_core::classify::Classify;
 use mesh_core::errors::{BadRequest, ResponseTimeout, error_response};
 use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
-use mesh_core::metrics::ResponseClass;
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -112,7 +112,19 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         // The body is wrapped at once, so its end is reported even if this future is dropped
         // before it first runs.
         let desynced = self.conn.is_desynced();
-        let (guard, body_hook) = self.conn.request_started(!req.body().is_end_stream());
+        let (guard, mut body_hook) = self.conn.request_started(!req.body().is_end_stream());
+        // An HTTP/2 stream times its own response, from the end of its request body.
+        let body_sent = match body_hook.take() {
+            Some(conn) if req.version() == http::Version::HTTP_2 => {
+                let sent = Arc::new(BodySent::new(conn));
+                body_hook = Some(sent.clone());
+                Some(sent)
+            }
+            hook => {
+                body_hook = hook;
+                None
+            }
+        };
         let req = req.map(|body| RequestBody::new(body, body_hook));
         let ambiguous = self.conn.take_ambiguous();
         let target = self.target.clone();
@@ -126,7 +138,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             // HTTP/1 has one request in flight per connection: its watchdog times the
             // response head, with no timer per request. HTTP/2 streams time themselves.
             let watched = (!h2).then_some(&*conn);
-            let mut res = match forward(&target, req, ambiguous, &ctx, watched).await {
+            let mut res = match forward(&target, req, ambiguous, &ctx, watched, body_sent).await {
                 Ok(res) => res,
                 Err(error) => {
                     if let Some(suppressed) = target.failures.allow() {
@@ -148,8 +160,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                     http::HeaderValue::from_static("close"),
                 );
             }
-            let class = ResponseClass::of(res.status(), res.headers(), grpc);
-            target.http.response(res.status(), class, start.elapsed());
+            // Interim (the metrics layer replaces this): the head's outcome, recorded now.
+            let class = Classify::for_grpc(grpc)
+                .head(res.status(), res.headers())
+                .unwrap_or(mesh_core::classify::ResponseClass::Success);
+            target.http.latency(start.elapsed());
+            target.http.response(res.status(), class);
             Ok(res.map(|body| ServerBody {
                 inner: body,
                 _guard: guard,
@@ -170,6 +186,7 @@ async fn forward(
     ambiguous: bool,
     ctx: &ConnCtx,
     watched: Option<&ConnState>,
+    body_sent: Option<Arc<BodySent>>,
 ) -> Result<Response<ProxyBody>, BoxError> {
     if ambiguous {
         return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, repeated content-length, or bare LF)").into());
@@ -198,10 +215,46 @@ async fn forward(
             state.response_head_done();
             res.ok_or_else(late)??
         }
-        None => tokio::time::timeout(timeout, target.endpoint.send(req))
-            .await
-            .map_err(|_| late())??,
+        None => match body_sent {
+            None => tokio::time::timeout(timeout, target.endpoint.send(req))
+                .await
+                .map_err(|_| late())??,
+            // The clock starts once the upstream has the whole request (see
+            // `ConnState::await_response_head`).
+            Some(sent) => {
+                // Until the body ends, the clock restarts with each chunk: an upload the
+                // upstream stopped reading (and does not answer) still times out.
+                let timer = async {
+                    let mut last = sent.progressed_at();
+                    loop {
+                        tokio::select! {
+                            () = sent.ended.notified() => break,
+                            () = tokio::time::sleep_until(last + timeout) => {
+                                let now = sent.progressed_at();
+                                if now == last {
+                                    return;
+                                }
+                                last = now;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(timeout).await;
+                };
+                tokio::select! {
+                    res = target.endpoint.send(req) => res?,
+                    () = timer => return Err(late().into()),
+                }
+            }
+        },
     };
+    if res.version() == http::Version::HTTP_10 {
+        // RFC 9110 §2.5: an intermediary sends its own HTTP version. hyper writes a response
+        // in the version it carries, so an HTTP/1.0 upstream's answer would reach a 1.1
+        // client as a 1.0 response (close-delimited, connection closed) and a keep-alive
+        // 1.0 client without `Connection: keep-alive` (connection closed). hyper itself
+        // answers a 1.0 client in 1.0.
+        *res.version_mut() = http::Version::HTTP_11;
+    }
     let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
         || (connect && res.status().is_success());
     strip_hop_by_hop(res.headers_mut(), switched && upgrade);
@@ -251,6 +304,47 @@ async fn tunnel(
     }
     let (read, written) = state.bytes();
     target.tcp.transferred(read, written);
+}
+
+/// Passes the end of an HTTP/2 request body on to the connection's bookkeeping and to the
+/// stream's response timer.
+struct BodySent {
+    conn: Arc<dyn BodyEnd>,
+    ended: tokio::sync::Notify,
+    base: Instant,
+    /// Milliseconds after `base` of the last body chunk.
+    progress_ms: std::sync::atomic::AtomicU64,
+}
+
+impl BodySent {
+    fn new(conn: Arc<dyn BodyEnd>) -> Self {
+        Self {
+            conn,
+            ended: tokio::sync::Notify::new(),
+            base: Instant::now(),
+            progress_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn progressed_at(&self) -> Instant {
+        self.base
+            + Duration::from_millis(self.progress_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl BodyEnd for BodySent {
+    fn progressed(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.conn.progressed();
+    }
+
+    fn body_ended(&self, complete: bool) {
+        self.conn.body_ended(complete);
+        // A stored permit: the timer starts even if it begins waiting only later.
+        self.ended.notify_one();
+    }
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and an absolute-form target

@@ -69,7 +69,7 @@ impl Targets {
         Target {
             direction: self.direction,
             addr,
-            endpoint: HttpEndpoint::new(addr, self.connect, self.client),
+            endpoint: HttpEndpoint::new(addr.into(), self.connect, self.client),
             http: HttpMetrics::new(dir, dst.clone()),
             tcp: TcpMetrics::new(dir, dst),
             failures: LogLimit::new(),

@@ -52,9 +52,7 @@ async fn error_statuses_arrive_intact() {
 
 #[tokio::test]
 async fn proxy_failures_become_grpc_unavailable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead = closed.local_addr().expect("addr");
-    drop(closed);
+    let dead = closed_port();
     let proxy = proxy(config(dead)).await;
     let mut client = GreeterClient::connect(proxy.outbound)
         .await

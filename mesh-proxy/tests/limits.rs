@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use http::{StatusCode, Version};
-use mesh_test::app::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -49,18 +48,16 @@ fn head_with_headers(count: usize) -> Vec<u8> {
     head.into_bytes()
 }
 
-/// The status code of a raw HTTP/1.1 response, if the text starts with one.
-fn status(response: &str) -> Option<u16> {
-    response.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+/// The status of the first complete response in `text`.
+fn status(text: &str) -> Option<u16> {
+    common::response_status(text)
 }
 
-/// The value of header `name` in a raw response head (case-insensitive name).
-fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    let head = response.split("\r\n\r\n").next()?;
-    head.lines().skip(1).find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+/// The value of header `name` in the first complete response in `text`.
+fn header(text: &str, name: &str) -> Option<String> {
+    common::parse_response(text.as_bytes())?
+        .header(name)
+        .map(str::to_owned)
 }
 
 /// Reads from `s` until the text read contains `needle`, the peer closes, or `wait` passes.
@@ -88,22 +85,6 @@ async fn hello_on(s: &mut TcpStream) -> bool {
     }
     let response = read_until_contains(s, "hello from mesh\n", WAIT).await;
     status(&response) == Some(200) && response.contains("hello from mesh\n")
-}
-
-/// A proxy in front of a fresh app, with `tune` applied to the default test config.
-async fn app_and_proxy_with(
-    tune: impl FnOnce(&mut mesh_proxy::config::Config),
-) -> (App, common::TestProxy) {
-    let app = App::spawn().await;
-    let mut cfg = common::config(app.addr());
-    tune(&mut cfg);
-    (app.clone(), common::proxy(cfg).await)
-}
-
-/// An address on which nothing listens.
-async fn closed_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
 }
 
 // ---- request head size and header count -------------------------------------------------
@@ -136,7 +117,8 @@ async fn request_head_just_under_60_kib_passes_and_just_over_gets_431() {
 #[tokio::test]
 async fn configured_smaller_head_limit_is_honoured() {
     let (app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.max_request_header_bytes = ByteSize::kib(16)).await;
+        common::app_and_proxy_with(|cfg| cfg.limits.max_request_header_bytes = ByteSize::kib(16))
+            .await;
     let limit = 16 * 1024;
 
     let (under, _) = common::raw(proxy.outbound, &head_of_len(limit - 64), WAIT).await;
@@ -181,9 +163,10 @@ async fn header_count_limit_is_exactly_100() {
 
 #[tokio::test]
 async fn configured_header_count_limit_is_honoured() {
-    let (app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.max_request_headers = NonZeroUsize::new(20).unwrap())
-            .await;
+    let (app, proxy) = common::app_and_proxy_with(|cfg| {
+        cfg.limits.max_request_headers = NonZeroUsize::new(20).unwrap()
+    })
+    .await;
 
     let (ok, _) = common::raw(proxy.outbound, &head_with_headers(20), WAIT).await;
     assert_eq!(status(&ok), Some(200), "20 headers: {ok:.200}");
@@ -197,8 +180,10 @@ async fn configured_header_count_limit_is_honoured() {
 
 #[tokio::test]
 async fn slow_header_sender_is_disconnected_after_the_header_read_timeout() {
-    let (app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.header_read_timeout = Duration::from_millis(500)).await;
+    let (app, proxy) = common::app_and_proxy_with(|cfg| {
+        cfg.limits.header_read_timeout = Duration::from_millis(500)
+    })
+    .await;
 
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
@@ -217,8 +202,10 @@ async fn slow_header_sender_is_disconnected_after_the_header_read_timeout() {
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_not_closed_by_the_header_timeout() {
-    let (app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.header_read_timeout = Duration::from_millis(500)).await;
+    let (app, proxy) = common::app_and_proxy_with(|cfg| {
+        cfg.limits.header_read_timeout = Duration::from_millis(500)
+    })
+    .await;
 
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     assert!(hello_on(&mut s).await, "first request failed");
@@ -236,7 +223,7 @@ async fn idle_keep_alive_connection_is_not_closed_by_the_header_timeout() {
 #[tokio::test]
 async fn idle_connection_is_closed_after_the_idle_timeout() {
     let (_app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.idle_timeout = Duration::from_secs(1)).await;
+        common::app_and_proxy_with(|cfg| cfg.limits.idle_timeout = Duration::from_secs(1)).await;
 
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     assert!(hello_on(&mut s).await);
@@ -371,7 +358,8 @@ async fn invalid_chunk_size_is_never_forwarded_complete() {
 
 #[tokio::test]
 async fn http2_concurrent_streams_are_capped() {
-    let (app, proxy) = app_and_proxy_with(|cfg| cfg.limits.http2_max_concurrent_streams = 3).await;
+    let (app, proxy) =
+        common::app_and_proxy_with(|cfg| cfg.limits.http2_max_concurrent_streams = 3).await;
     let mut tx = common::h2(proxy.outbound).await;
     // One exchange first, so the client has the proxy's SETTINGS before the burst.
     let res = tx
@@ -412,6 +400,126 @@ async fn http2_concurrent_streams_are_capped() {
     );
 }
 
+#[tokio::test]
+async fn http2_streams_over_the_limit_are_refused_by_the_proxy() {
+    use common::frame;
+    // hyper's client never opens more streams than the server allows, so the proxy's own
+    // enforcement is only reached by a client that ignores the limit: raw frames.
+    let (app, proxy) =
+        common::app_and_proxy_with(|cfg| cfg.limits.http2_max_concurrent_streams = 3).await;
+    let (mut s, settings) = common::raw_h2(proxy.outbound).await;
+    assert!(
+        settings.contains(&(frame::SETTINGS_MAX_CONCURRENT_STREAMS, 3)),
+        "the limit is advertised: {settings:?}"
+    );
+    let authority = proxy.outbound.to_string();
+    // Six streams at once; the app holds every request until released, so the first three
+    // are certainly still open when the rest arrive.
+    let burst: Vec<u8> = [1u32, 3, 5, 7, 9, 11]
+        .iter()
+        .flat_map(|&id| common::h2_get(id, &authority, "/hold"))
+        .collect();
+    s.write_all(&burst).await.unwrap();
+
+    #[derive(Default, Debug)]
+    struct StreamState {
+        status_200: bool,
+        body: Vec<u8>,
+        ended: bool,
+        reset: Option<u32>,
+    }
+    let mut streams: std::collections::BTreeMap<u32, StreamState> = Default::default();
+    // Reads frames until `done` holds for the streams seen so far.
+    async fn read_until(
+        s: &mut TcpStream,
+        streams: &mut std::collections::BTreeMap<u32, StreamState>,
+        done: impl Fn(&std::collections::BTreeMap<u32, StreamState>) -> bool,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        while !done(streams) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let f = common::read_h2_frame(s, left)
+                .await
+                .unwrap_or_else(|| panic!("connection closed or silent; so far {streams:?}"));
+            let st = streams.entry(f.stream).or_default();
+            match f.kind {
+                frame::HEADERS => {
+                    // hyper's encoder sends `:status 200` as static-table index 8.
+                    st.status_200 |= f.payload.first() == Some(&0x88);
+                    st.ended |= f.flags & frame::FLAG_END_STREAM != 0;
+                }
+                frame::DATA => {
+                    st.body.extend_from_slice(&f.payload);
+                    st.ended |= f.flags & frame::FLAG_END_STREAM != 0;
+                }
+                frame::RST_STREAM => {
+                    st.reset = Some(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+                }
+                frame::GOAWAY => panic!("the connection was closed (GOAWAY): {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    let refused = [7u32, 9, 11];
+    read_until(&mut s, &mut streams, |st| {
+        refused
+            .iter()
+            .all(|id| st.get(id).is_some_and(|x| x.reset.is_some()))
+    })
+    .await;
+    for id in refused {
+        let code = streams[&id].reset.unwrap();
+        assert!(
+            code == frame::REFUSED_STREAM || code == frame::PROTOCOL_ERROR,
+            "stream {id} over the limit reset with {code:#x}, not REFUSED_STREAM or PROTOCOL_ERROR (RFC 9113 §5.1.2)"
+        );
+    }
+    assert!(
+        app.wait_seen(3, WAIT).await,
+        "the three permitted streams reach the app"
+    );
+    for id in [1u32, 3, 5] {
+        assert!(
+            streams.get(&id).is_none_or(|x| x.reset.is_none()),
+            "permitted stream {id} was reset: {streams:?}"
+        );
+    }
+
+    app.release();
+    read_until(&mut s, &mut streams, |st| {
+        [1u32, 3, 5]
+            .iter()
+            .all(|id| st.get(id).is_some_and(|x| x.ended))
+    })
+    .await;
+    for id in [1u32, 3, 5] {
+        let st = &streams[&id];
+        assert!(st.status_200, "stream {id}: {st:?}");
+        assert_eq!(st.body, b"held\n", "stream {id}");
+        assert_eq!(st.reset, None, "stream {id}");
+    }
+    let seen = app.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "refused streams never reach the app: {seen:?}"
+    );
+    assert!(app.max_in_flight() <= 3);
+
+    // The refusals were stream errors: the connection takes a new stream once slots free.
+    s.write_all(&common::h2_get(13, &authority, "/hold"))
+        .await
+        .unwrap();
+    read_until(&mut s, &mut streams, |st| {
+        st.get(&13).is_some_and(|x| x.ended)
+    })
+    .await;
+    assert!(streams[&13].status_200);
+    assert_eq!(streams[&13].body, b"held\n");
+    assert_eq!(app.seen().len(), 4);
+}
+
 /// An HTTP/2 GET for `/` with one filler header of `len` bytes.
 fn h2_with_header(addr: SocketAddr, len: usize) -> http::Request<common::TestBody> {
     let mut req = common::get(addr, "/", Version::HTTP_2);
@@ -426,7 +534,8 @@ fn h2_with_header(addr: SocketAddr, len: usize) -> http::Request<common::TestBod
 async fn http2_header_list_limit_is_honoured() {
     // The app's own HTTP/2 server takes 16 KiB, so only the proxy can refuse 9 KiB.
     let (app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.http2_max_header_list_bytes = ByteSize::kib(8)).await;
+        common::app_and_proxy_with(|cfg| cfg.limits.http2_max_header_list_bytes = ByteSize::kib(8))
+            .await;
     let mut tx = common::h2(proxy.outbound).await;
 
     let res = tx
@@ -472,7 +581,7 @@ async fn http2_header_list_just_under_the_default_passes() {
 #[tokio::test]
 async fn connection_cap_closes_extra_connections_and_frees_slots() {
     let (_app, proxy) =
-        app_and_proxy_with(|cfg| cfg.limits.max_connections = NonZeroUsize::new(2)).await;
+        common::app_and_proxy_with(|cfg| cfg.limits.max_connections = NonZeroUsize::new(2)).await;
 
     let mut a = TcpStream::connect(proxy.outbound).await.unwrap();
     assert!(hello_on(&mut a).await);
@@ -516,7 +625,7 @@ async fn connection_cap_closes_extra_connections_and_frees_slots() {
 
 #[tokio::test]
 async fn refused_upstream_is_502_with_the_address() {
-    let target = closed_port().await;
+    let target = common::closed_port();
     let proxy = common::proxy(common::config(target)).await;
     let mut tx = common::h1(proxy.outbound).await;
     let res = tx
@@ -539,7 +648,7 @@ async fn refused_upstream_is_502_with_the_address() {
 
 #[tokio::test]
 async fn refused_upstream_is_grpc_unavailable_for_grpc() {
-    let target = closed_port().await;
+    let target = common::closed_port();
     let proxy = common::proxy(common::config(target)).await;
     let mut tx = common::h2(proxy.outbound).await;
     let mut req = common::request(

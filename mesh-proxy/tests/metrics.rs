@@ -4,31 +4,25 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use http::Version;
-use mesh_proxy::Proxy;
 use mesh_test::app::App;
-
-/// The value of the first sample line that starts with `name{` and contains every label.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use tokio::time::Instant;
 
 #[tokio::test]
 async fn metrics_count_requests_responses_and_latency() {
-    let recorder = mesh_proxy::telemetry::prometheus_recorder().expect("recorder");
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).expect("only test in this binary installs a recorder");
-    mesh_proxy::telemetry::describe_metrics();
-
     let app = App::spawn().await;
-    let proxy = proxy_with(Proxy::new(config(app.addr())).with_prometheus(handle)).await;
+    let proxy = proxy_with_metrics(config(app.addr())).await;
+    // Detection counts have no per-test label: compare with before.
+    let before = scrape(proxy.admin).await;
+    let detect_out = ["direction=\"outbound\"", "protocol=\"http/1\""];
+    let detect_in = ["direction=\"inbound\"", "protocol=\"http/2\""];
     let mut c = h1(proxy.outbound).await;
-    for path in ["/", "/", "/", "/status/404", "/status/503"] {
+    // Five fast requests and one that takes at least 1.1 s: the latency histogram must put
+    // them on either side of its 1 s bucket boundary.
+    for path in ["/", "/", "/", "/status/404", "/status/503", "/slow?ms=1100"] {
         c.ready().await.expect("ready");
         let res = c
             .send_request(get(proxy.outbound, path, Version::HTTP_11))
@@ -44,23 +38,28 @@ async fn metrics_count_requests_responses_and_latency() {
         .expect("response");
     let _ = body_bytes(res.into_body()).await;
     drop(c);
-    // Let the closed connections be accounted.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
-    let mut admin = h1(proxy.admin).await;
-    let res = admin
-        .send_request(get(proxy.admin, "/metrics", Version::HTTP_11))
-        .await
-        .expect("scrape");
-    assert_eq!(res.status(), 200);
-    let text = String::from_utf8(body_bytes(res.into_body()).await.to_vec()).expect("utf-8");
     let dst = format!("dst=\"{}\"", app.addr());
     let out = "direction=\"outbound\"";
     let inb = "direction=\"inbound\"";
+    // The proxy accounts a close when it sees it: poll, for a bounded time, until both
+    // client connections are counted closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(proxy.admin).await;
+        let closed = |dir| sample(&text, "mesh_tcp_close_total", &[dir, &dst]);
+        if closed(out) == Some(1.0) && closed(inb) == Some(1.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closes not counted within 5 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     assert_eq!(
         sample(&text, "mesh_request_total", &[out, &dst]),
-        Some(5.0),
+        Some(6.0),
         "{text}"
     );
     assert_eq!(
@@ -79,7 +78,7 @@ async fn metrics_count_requests_responses_and_latency() {
                 "classification=\"success\""
             ]
         ),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(
         sample(
@@ -109,24 +108,34 @@ async fn metrics_count_requests_responses_and_latency() {
     );
     assert_eq!(
         sample(&text, "mesh_response_latency_seconds_count", &[out, &dst]),
-        Some(5.0),
+        Some(6.0),
         "{text}"
     );
-    assert_eq!(
+    let bucket = |le: &str| {
+        let le = format!("le=\"{le}\"");
         sample(
             &text,
             "mesh_response_latency_seconds_bucket",
-            &[out, &dst, "le=\"+Inf\""]
-        ),
-        Some(5.0)
-    );
-    assert!(
-        sample(
-            &text,
-            "mesh_response_latency_seconds_bucket",
-            &[out, &dst, "le=\"0.001\""]
+            &[out, &dst, le.as_str()],
         )
-        .is_some()
+    };
+    // Below the boundary: the five fast requests (well under a second each), never the
+    // slow one, which took at least 1.1 s.
+    assert_eq!(bucket("1"), Some(5.0), "{text}");
+    assert_eq!(bucket("0.5"), Some(5.0), "{text}");
+    // Above it: all six.
+    assert_eq!(bucket("5"), Some(6.0), "{text}");
+    assert_eq!(bucket("+Inf"), Some(6.0), "{text}");
+    // Cumulative buckets never decrease.
+    let all: Vec<f64> = mesh_core::metrics::LATENCY_BUCKETS
+        .iter()
+        .map(|le| bucket(&le.to_string()).expect("every configured bucket is exported"))
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] <= w[1]), "{all:?}");
+    let sum = sample(&text, "mesh_response_latency_seconds_sum", &[out, &dst]).expect("sum");
+    assert!(
+        (1.1..30.0).contains(&sum),
+        "the latency sum includes the 1.1 s request: {sum}"
     );
     assert_eq!(
         sample(&text, "mesh_tcp_open_total", &[out, &dst]),
@@ -138,14 +147,12 @@ async fn metrics_count_requests_responses_and_latency() {
     );
     assert!(sample(&text, "mesh_tcp_read_bytes_total", &[out, &dst]).is_some_and(|b| b > 100.0));
     assert!(sample(&text, "mesh_tcp_write_bytes_total", &[out, &dst]).is_some_and(|b| b > 100.0));
-    assert_eq!(
-        sample(&text, "mesh_detect_total", &[out, "protocol=\"http/1\""]),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&text, "mesh_detect_total", &[inb, "protocol=\"http/2\""]),
-        Some(1.0)
-    );
+    let grew = |labels: &[&str]| {
+        sample(&text, "mesh_detect_total", labels).unwrap_or(0.0)
+            - sample(&before, "mesh_detect_total", labels).unwrap_or(0.0)
+    };
+    assert_eq!(grew(&detect_out), 1.0, "{text}");
+    assert_eq!(grew(&detect_in), 1.0, "{text}");
     assert!(
         text.contains("# HELP mesh_request_total"),
         "help text for promtool"

@@ -28,6 +28,31 @@ fn addr(p: &TestProxy, side: Side) -> SocketAddr {
 }
 
 const SIDES: [Side; 2] = [Side::Outbound, Side::Inbound];
+
+/// Asserts that two header maps hold the same fields with the same values in the same
+/// order, except the names in `differ` (which may be added, removed or changed between
+/// them: hop-by-hop fields and what hyper sets for framing and dates).
+fn assert_same_headers(want: &HeaderMap, got: &HeaderMap, differ: &[&str], context: &str) {
+    let names: std::collections::BTreeSet<&str> = want
+        .keys()
+        .chain(got.keys())
+        .map(|k| k.as_str())
+        .filter(|k| !differ.contains(k))
+        .collect();
+    for name in names {
+        let w: Vec<_> = want.get_all(name).iter().collect();
+        let g: Vec<_> = got.get_all(name).iter().collect();
+        assert_eq!(
+            w, g,
+            "{context}: header {name:?} (sent {want:?}, arrived {got:?})"
+        );
+    }
+}
+/// Request fields the next hop may see differently from what the client's code set:
+/// `content-length` is framing, which hyper writes for each hop (HTTP/2 clients add
+/// `content-length: 0` to an empty POST). Every other field arrives exactly as sent.
+const REQUEST_MAY_DIFFER: &[&str] = &["content-length"];
+
 const VERSIONS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
 
 async fn send(
@@ -67,6 +92,11 @@ async fn methods_queries_and_headers_arrive_unchanged() {
                 h.append("x-multi", HeaderValue::from_static("one"));
                 h.append("x-multi", HeaderValue::from_static("two"));
                 h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+                h.insert("accept", HeaderValue::from_static("text/plain, */*;q=0.1"));
+                h.insert("cookie", HeaderValue::from_static("a=1; b=2"));
+                h.insert("x-empty", HeaderValue::from_static(""));
+                h.insert("x-utf8", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+                let sent = req.headers().clone();
                 let res = send(addr(&proxy, side), version, req).await;
                 assert_eq!(
                     res.status(),
@@ -87,6 +117,12 @@ async fn methods_queries_and_headers_arrive_unchanged() {
                 let multi: Vec<_> = seen.headers.get_all("x-multi").iter().collect();
                 assert_eq!(multi, ["one", "two"]);
                 assert_eq!(seen.headers["authorization"], "Bearer abc");
+                assert_same_headers(
+                    &sent,
+                    &seen.headers,
+                    REQUEST_MAY_DIFFER,
+                    &format!("{side:?} {version:?} {method}"),
+                );
                 n += 1;
             }
         }
@@ -103,13 +139,16 @@ async fn hop_by_hop_headers_are_removed() {
     h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
     h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
     h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+    let mut want = req.headers().clone();
     let res = send(proxy.outbound, Version::HTTP_11, req).await;
     assert_eq!(res.status(), StatusCode::OK);
     let seen = app.seen().pop().expect("seen");
     for gone in ["connection", "x-hop", "keep-alive", "proxy-connection"] {
         assert!(!seen.headers.contains_key(gone), "{gone} crossed the proxy");
+        want.remove(gone);
     }
     assert_eq!(seen.headers["x-end-to-end"], "kept");
+    assert_same_headers(&want, &seen.headers, REQUEST_MAY_DIFFER, "hop-by-hop");
 }
 
 #[tokio::test]
@@ -290,26 +329,23 @@ async fn keep_alive_reuses_upstream_connections() {
     );
 }
 
-#[tokio::test]
-async fn expect_100_continue() {
-    let (app, proxy) = app_and_proxy().await;
-    let mut s = tokio::net::TcpStream::connect(proxy.outbound)
+/// Sends `POST path` with `Expect: 100-continue`, the body only when told to continue or
+/// answered; returns everything the client received.
+async fn expect_continue_exchange(target: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(target)
         .await
         .expect("connect");
-    s.write_all(
-        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .expect("write");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
     let mut buf = vec![0u8; 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await
-        .expect("100 in time")
+        .expect("an answer in time")
         .expect("read");
-    let head = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    let mut got = String::from_utf8_lossy(&buf[..n]).to_string();
     s.write_all(b"hello").await.expect("write body");
-    let mut got = head;
     while !got.ends_with("hello") {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
@@ -318,11 +354,183 @@ async fn expect_100_continue() {
         assert!(n > 0, "closed early: {got}");
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    got
+}
+
+#[tokio::test]
+async fn expect_100_continue() {
+    // An upstream that reads the body before answering asks for it with `100 Continue`;
+    // that request reaches the client, which then sends its body.
+    let (app, proxy) = app_and_proxy().await;
+    let direct = expect_continue_exchange(app.addr(), "/collect").await;
+    assert!(direct.starts_with("HTTP/1.1 100 Continue"), "{direct}");
+    let got = expect_continue_exchange(proxy.outbound, "/collect").await;
+    assert!(got.starts_with("HTTP/1.1 100 Continue"), "{got}");
     assert!(got.contains("HTTP/1.1 200 OK"), "{got}");
     assert_eq!(
         app.seen().pop().expect("seen").headers["expect"],
         "100-continue"
     );
+}
+
+#[tokio::test]
+async fn expect_100_continue_to_an_upstream_that_answers_first_and_streams() {
+    // `/echo` answers 200 at once and echoes the body as it arrives: directly, the client
+    // gets the 200 and no 100; through the proxy too, and its body is still echoed.
+    let (app, proxy) = app_and_proxy().await;
+    let direct = expect_continue_exchange(app.addr(), "/echo").await;
+    assert!(direct.starts_with("HTTP/1.1 200 OK"), "{direct}");
+    let got = expect_continue_exchange(proxy.outbound, "/echo").await;
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(!got.contains("100 Continue"), "{got}");
+}
+
+/// An upstream that answers every request head with `answer` without reading any body,
+/// and says (once) when it has read a head.
+async fn answering_upstream(
+    answer: &'static [u8],
+) -> (SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(head).await;
+                let _ = s.write_all(answer).await;
+                // Keep the connection open (as a server that ignores the body would) until
+                // the proxy closes it.
+                let _ = s.read_to_end(&mut Vec::new()).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends a head with `Expect: 100-continue` (and no body) to a proxy in front of an
+/// upstream that refuses with 417 without reading the body; returns every response the
+/// client got up to and including the final one.
+async fn expect_continue_refused() -> Vec<RawResponse> {
+    let (up, mut heads) = answering_upstream(
+        b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 9\r\nx-why: no\r\n\r\nno thanks",
+    )
+    .await;
+    let proxy = proxy(config(up)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .expect("connect");
+    // The client sends the head only and waits for a decision.
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = tokio::time::timeout(Duration::from_secs(5), heads.recv())
+        .await
+        .expect("the head reached the upstream")
+        .expect("head");
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nexpect: 100-continue\r\n"),
+        "the expectation is forwarded, so the upstream can decide: {head}"
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (responses, _) = parse_responses(&got);
+        if responses.iter().any(|r| r.status >= 200) {
+            return responses;
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("a final response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue_the_upstreams_refusal_reaches_the_client_without_the_body() {
+    let responses = expect_continue_refused().await;
+    let last = responses.last().expect("a final response");
+    assert_eq!(last.status, 417, "{responses:?}");
+    assert_eq!(last.body, "no thanks");
+    assert_eq!(last.header("x-why"), Some("no"));
+}
+
+#[tokio::test]
+async fn expect_100_continue_no_interim_response_the_upstream_did_not_send() {
+    let responses = expect_continue_refused().await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [417],
+        "a 100 Continue the upstream never sent tells the client to send a body the upstream refused"
+    );
+}
+
+#[tokio::test]
+async fn response_headers_arrive_unchanged_minus_hop_by_hop() {
+    const ANSWER: &[u8] = b"HTTP/1.1 203 Non-Authoritative Information\r\n\
+Content-Type: application/json; charset=utf-8\r\n\
+Set-Cookie: a=1; Path=/\r\n\
+Set-Cookie: b=2; HttpOnly\r\n\
+X-Multi: one\r\n\
+X-Multi: two\r\n\
+X-Empty:\r\n\
+Cache-Control: no-cache\r\n\
+Date: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+Server: upstream/1.0\r\n\
+ETag: \"v1\"\r\n\
+Keep-Alive: timeout=5\r\n\
+Connection: close, x-hop\r\n\
+X-Hop: gone\r\n\
+Content-Length: 2\r\n\r\nok";
+    let upstream = parse_response(ANSWER).expect("the scripted answer parses");
+    // What the client must see: the upstream's fields minus the hop-by-hop ones (RFC 9110
+    // §7.6.1: `Connection`, the fields it names, `Keep-Alive`).
+    let mut want = upstream.headers.clone();
+    for hop in ["connection", "keep-alive", "x-hop"] {
+        want.remove(hop);
+    }
+    let (up, _heads) = answering_upstream(ANSWER).await;
+    let proxy = proxy(config(up)).await;
+    for side in SIDES {
+        let (text, _) = raw(
+            addr(&proxy, side),
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        let got = parse_response(text.as_bytes()).expect("a complete response");
+        assert_eq!(got.status, 203, "{side:?}: {text}");
+        assert_eq!(got.body, "ok");
+        for hop in ["keep-alive", "x-hop"] {
+            assert!(
+                !got.headers.contains_key(hop),
+                "{side:?}: {hop} crossed: {text}"
+            );
+        }
+        // `connection: close` is the proxy's own answer to the client's `close`.
+        assert_same_headers(&want, &got.headers, &["connection"], &format!("{side:?}"));
+    }
 }
 
 #[tokio::test]

@@ -50,10 +50,17 @@ async fn upgrade_refused_by_upstream_stays_http() {
     let req = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /status/204 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let (text, closed) = raw(proxy.outbound, req, Duration::from_secs(5)).await;
     assert!(closed, "{text}");
-    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
-    assert!(
-        text.contains("HTTP/1.1 204 No Content"),
+    let (responses, used) = parse_responses(text.as_bytes());
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 204],
         "the second request was answered as HTTP: {text}"
+    );
+    assert_eq!(used, text.len(), "nothing but the two responses: {text}");
+    assert!(
+        !responses[0].headers.contains_key("upgrade"),
+        "no upgrade was agreed: {text}"
     );
     let paths: Vec<String> = app.seen().iter().map(|s| s.uri.path().to_owned()).collect();
     assert_eq!(paths, ["/", "/status/204"]);
@@ -176,41 +183,78 @@ async fn server_speaks_first_elsewhere_falls_back_to_opaque_after_the_detect_tim
 }
 
 #[tokio::test]
-async fn tls_client_hello_is_passed_through_untouched() {
-    // An upstream that records the first bytes it receives.
+async fn tls_client_hello_is_detected_and_passed_through_untouched() {
+    let hello = tls13_client_hello("web.default.svc", &[b"h2", b"http/1.1"]);
+    // What follows the hello on the wire: a ChangeCipherSpec and an encrypted-looking
+    // application data record, which the proxy cannot read and must not touch.
+    let mut after = vec![
+        0x14, 0x03, 0x03, 0x00, 0x01, 0x01, 0x17, 0x03, 0x03, 0x00, 0x04,
+    ];
+    after.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let server_flight: &[u8] = b"\x16\x03\x03\x00\x04\x02\x00\x00\x00 pretend ServerHello";
+
+    // An upstream that records exactly the bytes it receives and answers with its flight.
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let upstream = l.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (got_hello, rx_hello) = tokio::sync::oneshot::channel();
+    let (got_after, rx_after) = tokio::sync::oneshot::channel();
+    let (hello_len, after_len) = (hello.len(), after.len());
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.expect("accept");
-        let mut buf = vec![0u8; 5];
-        s.read_exact(&mut buf).await.expect("read");
-        let _ = tx.send(buf);
+        let mut buf = vec![0u8; hello_len];
+        s.read_exact(&mut buf).await.expect("read the hello");
+        let _ = got_hello.send(buf);
+        s.write_all(server_flight).await.expect("answer");
+        let mut buf = vec![0u8; after_len];
+        s.read_exact(&mut buf).await.expect("read the rest");
+        let _ = got_after.send(buf);
     });
-    let proxy = proxy(config(upstream)).await;
+
+    // A detect timeout far beyond the test's wait: the bytes can only reach the upstream in
+    // time if the proxy recognised a complete ClientHello (a partial one waits it out).
+    let mut cfg = config(upstream);
+    cfg.limits.detect_timeout = Duration::from_secs(60);
+    let proxy = proxy_with_metrics(cfg).await;
+    let tls_label = ["direction=\"outbound\"", "protocol=\"tls\""];
+    let before = sample(&scrape(proxy.admin).await, "mesh_detect_total", &tls_label);
+
     let mut s = TcpStream::connect(proxy.outbound).await.expect("connect");
-    // The start of a TLS record carrying a ClientHello (incomplete: the proxy must not wait
-    // for more than the detect timeout, and must forward what it read).
-    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x30, 0x01])
+    s.write_all(&hello).await.expect("write hello");
+    let got = tokio::time::timeout(Duration::from_secs(5), rx_hello)
         .await
-        .expect("write");
-    let got = tokio::time::timeout(Duration::from_secs(5), rx)
-        .await
-        .expect("forwarded")
+        .expect("the hello reached the upstream before any detect timeout")
         .expect("bytes");
-    assert_eq!(got, [0x16, 0x03, 0x01, 0x00, 0x30]);
+    assert_eq!(got, hello, "every byte of the hello arrives unchanged");
+
+    let mut flight = vec![0u8; server_flight.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut flight))
+        .await
+        .expect("the server's flight in time")
+        .expect("read");
+    assert_eq!(flight, server_flight);
+    s.write_all(&after).await.expect("write the rest");
+    let got = tokio::time::timeout(Duration::from_secs(5), rx_after)
+        .await
+        .expect("the records after the hello arrive")
+        .expect("bytes");
+    assert_eq!(got, after);
+
+    let after_count = sample(&scrape(proxy.admin).await, "mesh_detect_total", &tls_label);
+    assert_eq!(
+        after_count.unwrap_or(0.0) - before.unwrap_or(0.0),
+        1.0,
+        "the connection was counted as detected TLS"
+    );
 }
 
 #[tokio::test]
 async fn loops_to_the_proxy_itself_are_refused() {
     // A configured target equal to the proxy's own listener is a config error; the runtime
     // check covers original destinations, so point a second listener at the first.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port_holder = l.local_addr().expect("addr");
-    drop(l);
+    let port_holder = closed_port();
     let mut cfg = config(port_holder);
     cfg.outbound.listen = Some(port_holder);
-    cfg.outbound.target = Some("127.0.0.1:9".parse().expect("addr"));
+    cfg.outbound.target = Some(closed_port());
     cfg.inbound.target = Some(port_holder);
     let proxy = proxy(cfg).await;
     let (text, closed) = raw(
@@ -225,10 +269,8 @@ async fn loops_to_the_proxy_itself_are_refused() {
 
 #[tokio::test]
 async fn an_open_tunnel_holds_its_slot_under_the_connection_cap() {
-    let app = mesh_test::app::App::spawn().await;
-    let mut cfg = config(app.addr());
-    cfg.limits.max_connections = std::num::NonZeroUsize::new(1);
-    let proxy = proxy(cfg).await;
+    let (_app, proxy) =
+        app_and_proxy_with(|cfg| cfg.limits.max_connections = std::num::NonZeroUsize::new(1)).await;
     let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
     let (mut ws, _) =
         tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.outbound), stream)
@@ -249,25 +291,35 @@ async fn an_open_tunnel_holds_its_slot_under_the_connection_cap() {
     );
     ws.close(None).await.expect("close");
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (text, _) = raw(
-        proxy.outbound,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await;
-    assert!(
-        text.starts_with("HTTP/1.1 200"),
-        "the slot is free again: {text}"
-    );
+    // The slot frees once the proxy has seen the tunnel close: retry, for a bounded time,
+    // until a new connection is served.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (text, _) = raw(
+            proxy.outbound,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        if response_status(&text) == Some(200) {
+            break;
+        }
+        assert!(
+            text.is_empty(),
+            "refused connections are closed unanswered: {text}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel's slot was not freed within 5 s of its close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
 async fn drain_waits_for_tunnels_then_closes_them_after_the_grace() {
-    let app = mesh_test::app::App::spawn().await;
-    let mut cfg = config(app.addr());
-    cfg.shutdown.grace = Duration::from_millis(500);
-    let proxy = proxy(cfg).await;
+    let (_app, proxy) =
+        app_and_proxy_with(|cfg| cfg.shutdown.grace = Duration::from_millis(500)).await;
     let stream = TcpStream::connect(proxy.outbound).await.expect("connect");
     let (mut ws, _) =
         tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.outbound), stream)
@@ -299,7 +351,7 @@ async fn h2c_upgrade_requests_are_not_tunnelled() {
     let (app, proxy) = app_and_proxy().await;
     let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
     let (text, _) = raw(proxy.outbound, req, Duration::from_secs(2)).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(response_status(&text), Some(200), "{text}");
     let seen = app.seen().pop().expect("seen");
     assert!(
         !seen.headers.contains_key("upgrade"),

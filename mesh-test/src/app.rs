@@ -6,12 +6,15 @@
 //! | `* /echo` | the request body streamed back, trailers included |
 //! | `GET /status/{code}` | that status |
 //! | `GET /slow?ms=N` | `slow` after N ms (at most 60 s) |
+//! | `GET /hold` | `held` once the test calls [`App::release`] (at most 60 s) |
 //! | `GET /ws` with `Upgrade: websocket` | a WebSocket that echoes every message |
 //! | `CONNECT host:port` | `200`, then a byte tunnel that echoes |
 //! | `content-type: application/grpc` on `/hello.*` | `hello.Greeter` (see [`crate::grpc`]) |
 //!
 //! Every request's head is recorded ([`App::seen`]) so tests can compare what a client sent
-//! with what arrived through the proxy.
+//! with what arrived through the proxy, and [`App::wait_seen`] lets a test wait until requests
+//! have arrived instead of sleeping. `/hold` keeps requests in flight for exactly as long as a
+//! test needs, which a fixed `/slow` delay cannot promise on a busy machine.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// What the application saw of one request.
@@ -47,6 +51,10 @@ pub struct App {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     stats: Arc<Stats>,
+    /// How many requests have been recorded, for [`App::wait_seen`].
+    seen_count: Arc<watch::Sender<usize>>,
+    /// Whether `/hold` requests may answer.
+    released: Arc<watch::Sender<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +88,8 @@ impl App {
             addr,
             seen,
             stats: Arc::default(),
+            seen_count: Arc::new(watch::Sender::new(0)),
+            released: Arc::new(watch::Sender::new(false)),
         };
         let a = app.clone();
         tokio::spawn(async move {
@@ -119,6 +129,20 @@ impl App {
         self.stats.max_in_flight.load(Ordering::Relaxed)
     }
 
+    /// Waits until the application has seen at least `n` requests, for at most `within`.
+    /// Returns whether it had.
+    pub async fn wait_seen(&self, n: usize, within: Duration) -> bool {
+        let mut rx = self.seen_count.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|&seen| seen >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Lets every `/hold` request, waiting or still to come, answer.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
     /// Every request head seen so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
@@ -153,6 +177,7 @@ impl App {
                 version: req.version(),
                 headers: req.headers().clone(),
             });
+            self.seen_count.send_replace(seen.len());
         }
         let grpc = req
             .headers()
@@ -177,6 +202,14 @@ impl App {
         let path = req.uri().path().to_owned();
         match path.as_str() {
             "/" => text(StatusCode::OK, "hello from mesh\n"),
+            "/collect" => {
+                // Reads the whole body before answering (so a hyper server asks an
+                // `Expect: 100-continue` client for it), then answers with it.
+                match http_body_util::BodyExt::collect(req.into_body()).await {
+                    Ok(body) => text(StatusCode::OK, body.to_bytes()),
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            }
             "/echo" => {
                 let mut res = Response::new(tonic::body::Body::new(req.into_body()));
                 res.headers_mut()
@@ -193,6 +226,13 @@ impl App {
                     .min(60_000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 text(StatusCode::OK, "slow\n")
+            }
+            "/hold" => {
+                let mut released = self.released.subscribe();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(60), released.wait_for(|&open| open))
+                        .await;
+                text(StatusCode::OK, "held\n")
             }
             "/ws" => websocket(req),
             p if p.starts_with("/status/") => {

@@ -12,10 +12,12 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,9 +41,13 @@ TOOL_PACKAGES = {
 
 _live_processes: list[subprocess.Popen] = []
 
+# Sidecar.stop(): how long a SIGTERMed sidecar with nothing in flight may take to exit.
+STOP_TIMEOUT_S = 10
+
 
 @atexit.register
-def _kill_leftovers() -> None:
+def kill_leftovers() -> None:
+    """SIGKILLs every process the suite started that is still running."""
     for p in _live_processes:
         if p.poll() is None:
             p.kill()
@@ -189,6 +195,13 @@ class _BackendHandler(http.server.BaseHTTPRequestHandler):
                 self._send(200, f"slept {ms}ms\n".encode())
             elif url.path == "/headers" and self.command == "GET":
                 self._send(200, json.dumps(seen.headers).encode(), "application/json")
+            elif url.path == "/hold" and self.command == "GET":
+                # In flight until the test calls backend.release(): an explicit gate, so a
+                # test knows a request is in flight without guessing how long it takes.
+                if backend.gate.wait(HOLD_LIMIT_S):
+                    self._send(200, b"released\n")
+                else:
+                    self._send(503, b"never released\n")
             else:
                 self._send(404, b"not found\n")
         finally:
@@ -203,14 +216,27 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request, client_address) -> None:
+        # A client (the proxy) that went away first is part of several tests, not an error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
+# How long GET /hold waits for release() before giving up: longer than any test needs, shorter
+# than the per-test timeout, so a forgotten release cannot hang the suite.
+HOLD_LIMIT_S = 40
+
 
 class Backend:
-    """A threaded HTTP/1.1 server on 127.0.0.1: GET /, POST /echo, GET /slow?ms=N, GET /headers."""
+    """A threaded HTTP/1.1 server on 127.0.0.1: GET /, POST /echo, GET /slow?ms=N, GET /headers,
+    GET /hold (answers 200 once release() is called)."""
 
     root_body = b"hello from the blackbox backend\n"
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.gate = threading.Event()
         self.started: list[Seen] = []  # requests whose head and body were read
         self.completed: list[Seen] = []  # requests answered
         self.server = _Server((LOOPBACK, 0), _BackendHandler)
@@ -227,9 +253,132 @@ class Backend:
     def count(self, path_prefix: str, which: str = "started") -> int:
         return sum(1 for p in self.paths(which) if p.startswith(path_prefix))
 
+    def release(self) -> None:
+        """Lets every held request (GET /hold), current and future, answer 200."""
+        self.gate.set()
+
     def stop(self) -> None:
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class RawBackend:
+    """An upstream that records every byte the proxy sends it and never rejects anything.
+
+    Each complete request (head, then a Content-Length or chunked body found leniently) is
+    answered ``200`` with ``root_body``, on a keep-alive connection. Because it accepts any
+    bytes, "the backend saw none of it" is true only if the proxy really forwarded nothing,
+    which a strict backend (one that rejects malformed input itself) cannot show.
+    """
+
+    root_body = Backend.root_body
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._received: list[bytearray] = []  # one buffer per accepted connection
+        self._conns: list[socket.socket] = []
+        self._closed = False
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"{LOOPBACK}:{self.port}"
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            buf = bytearray()
+            with self.lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._conns.append(conn)
+                self._received.append(buf)
+            threading.Thread(target=self._serve, args=(conn, buf), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, record: bytearray) -> None:
+        conn.settimeout(30)
+        pending = bytearray()
+
+        def more() -> bool:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            with self.lock:
+                record.extend(chunk)
+            pending.extend(chunk)
+            return True
+
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    if not more():
+                        return
+                head_end = pending.index(b"\r\n\r\n") + 4
+                head = bytes(pending[:head_end]).lower()
+                length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head)
+                if re.search(rb"\r\ntransfer-encoding:[^\r]*chunked", head):
+                    while True:
+                        if pending.startswith(b"0\r\n\r\n", head_end):
+                            body_end = head_end + 5
+                            break
+                        at = pending.find(b"\r\n0\r\n\r\n", head_end)
+                        if at >= 0:
+                            body_end = at + 7
+                            break
+                        if not more():
+                            return
+                elif length:
+                    body_end = head_end + int(length.group(1))
+                    while len(pending) < body_end:
+                        if not more():
+                            return
+                else:
+                    body_end = head_end
+                del pending[:body_end]
+                body = b"" if head.startswith(b"head ") else self.root_body
+                response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(self.root_body)) + body
+                try:
+                    conn.sendall(response)
+                except OSError:
+                    return
+
+    def raw(self) -> bytes:
+        """Everything received so far, all connections, in accept order."""
+        with self.lock:
+            return b"".join(bytes(b) for b in self._received)
+
+    def count(self, path: str) -> int:
+        """How many request lines for exactly this path the backend received."""
+        line = re.compile(rb"(?:^|\n)[A-Z]+ " + re.escape(path.encode("latin-1")) + rb" HTTP/1\.[01]\r\n")
+        with self.lock:
+            return sum(len(line.findall(bytes(b))) for b in self._received)
+
+    def saw(self, fragment: bytes) -> bool:
+        """Whether these bytes appear anywhere in what any connection received."""
+        with self.lock:
+            return any(fragment in b for b in self._received)
+
+    def stop(self) -> None:
+        with self.lock:
+            self._closed = True
+            conns = list(self._conns)
+        self.sock.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------------------
@@ -299,6 +448,7 @@ class Sidecar:
             self.config_path.write_text(config_text)
         self.output_path = self.dir / "output.log"
         self.proc: Optional[subprocess.Popen] = None
+        self.unclean_exit_reason: Optional[str] = None  # set by kill(): stop() then allows rc != 0
         last_error = ""
         for _ in range(3):  # a port picked here may be taken by someone else before we bind it
             self.admin_port, self.outbound_port, self.inbound_port = free_ports(3)
@@ -319,13 +469,15 @@ class Sidecar:
             self.args = args
             env = dict(os.environ, NO_COLOR="1")
             env.pop("MESH_LOG", None)
-            with open(self.output_path, "wb") as out:
+            self.output_path.write_bytes(b"")
+            # O_APPEND: every line stays, whoever else writes to the file.
+            with open(self.output_path, "ab") as out:
                 self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             _live_processes.append(self.proc)
             if self._wait_live(15):
                 return
             last_error = self.output()
-            self.kill()
+            self._kill()
             if "cannot listen" not in last_error:
                 break
         raise AssertionError(f"sidecar did not become live; args {self.args}\noutput:\n{last_error}")
@@ -387,17 +539,58 @@ class Sidecar:
         except subprocess.TimeoutExpired:
             return None
 
-    def kill(self) -> None:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kib(self) -> Optional[int]:
+        """The process's resident set size (VmRSS) in KiB, or None once it has exited."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def _kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
+    def kill(self, reason: str) -> None:
+        """SIGKILLs the sidecar on purpose; stop() will then not insist on exit code 0."""
+        self.unclean_exit_reason = reason
+        self._kill()
+
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            if self.wait(5) is None:
-                self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """SIGTERM (if still running) and check that the process ended cleanly.
+
+        Fails unless the exit code was 0 (or the test said why not with kill(reason)) and the
+        output has no `panicked at`: a task that panicked inside the proxy is a bug even when
+        every request the test made got its answer.
+        """
+        problems = []
+        try:
+            if self.proc is None:
+                return
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                if self.wait(STOP_TIMEOUT_S) is None:
+                    self._kill()
+                    problems.append(f"still running {STOP_TIMEOUT_S}s after SIGTERM; killed")
+            rc = self.proc.returncode
+            if rc != 0 and self.unclean_exit_reason is None and not problems:
+                problems.append(f"exit code {rc} (expected 0)")
+            output = self.output()
+            if "panicked at" in output:
+                problems.append("a panic in its output")
+            if problems:
+                tail = output[-4000:]
+                raise AssertionError(f"sidecar {self.args}: {'; '.join(problems)}\n--- sidecar output (tail) ---\n{tail}")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@
 //! connection could not even start sending (the upstream closed it while idle) is sent again
 //! on a fresh connection, which is safe because no byte of it left the proxy.
 
-pub(crate) mod pool;
+mod expect;
+mod pool;
+
+pub use self::pool::UpstreamBody;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +32,7 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::connect::TcpConnect;
+use crate::target::Endpoint;
 
 use self::pool::{IdleList, Returner};
 
@@ -74,6 +78,19 @@ impl UpstreamError {
         self.source.is_timeout()
     }
 
+    /// Whether the upstream refused the HTTP/2 stream (`REFUSED_STREAM`), which guarantees
+    /// it did not process the request.
+    pub fn is_refused_stream(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&self.source);
+        while let Some(e) = cur {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     pub(crate) fn hyper_error(&self) -> &hyper::Error {
         &self.source
     }
@@ -102,6 +119,7 @@ pub struct HttpEndpoint<C = TcpConnect> {
 }
 
 struct Inner<C> {
+    endpoint: Endpoint,
     addr: SocketAddr,
     connect: C,
     config: ClientConfig,
@@ -128,18 +146,21 @@ impl<C> std::fmt::Debug for HttpEndpoint<C> {
 
 impl<C, I> HttpEndpoint<C>
 where
-    C: Service<SocketAddr, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
+    C: Service<Endpoint, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    /// Connections to `addr`, opened with `connect`.
-    pub fn new(addr: SocketAddr, connect: C, config: ClientConfig) -> Self {
+    /// Connections to `endpoint`, opened with `connect` (which gets the endpoint target, so
+    /// a TLS connector sees the identity it must present).
+    pub fn new(endpoint: Endpoint, connect: C, config: ClientConfig) -> Self {
+        let addr = endpoint.addr();
         let idle = Arc::new(IdleList::new(
             config.max_idle_per_endpoint,
             config.idle_timeout,
         ));
         Self {
             inner: Arc::new(Inner {
+                endpoint,
                 addr,
                 connect,
                 config,
@@ -153,6 +174,11 @@ where
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The endpoint target.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
     }
 
     /// Closes idle connections past their idle timeout; returns how many idle HTTP/1
@@ -181,6 +207,7 @@ where
         let addr = self.inner.addr;
         let is_connect = req.method() == Method::CONNECT;
         let mut req = req;
+        let held = expect::hold_for_continue(&mut req);
         // At most one retry, and only for a pooled connection that closed before the
         // request started: then the upstream cannot have seen any of it.
         let (mut sender, reused) = match self.inner.idle.checkout() {
@@ -216,6 +243,16 @@ where
                 },
             }
         };
+        if let Some(held) = held {
+            // A final answer before any `100 Continue`. A refusal (`417`, `413`, a redirect)
+            // means the body is never sent; a `2xx` that streams while it reads (an echo)
+            // still wants it.
+            if res.status().is_success() {
+                held.release();
+            } else {
+                held.refuse();
+            }
+        }
         if res.headers().contains_key(http::header::TRANSFER_ENCODING)
             && res.headers().contains_key(http::header::CONTENT_LENGTH)
         {
@@ -228,17 +265,21 @@ where
         }
         let upgraded = res.status() == StatusCode::SWITCHING_PROTOCOLS
             || (is_connect && res.status().is_success());
-        let res = res.map(ProxyBody::upstream);
         if upgraded {
-            return Ok(res);
+            return Ok(res.map(ProxyBody::upstream));
         }
         let returner = Returner::new(sender, Arc::downgrade(&self.inner.idle));
-        Ok(res.map(|b| b.with_returner(returner)))
+        Ok(res.map(|b| ProxyBody::from_upstream(UpstreamBody::returning(b, returner))))
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, BoxError> {
         let addr = self.inner.addr;
-        let io = self.inner.connect.clone().call(addr).await?;
+        let io = self
+            .inner
+            .connect
+            .clone()
+            .call(self.inner.endpoint.clone())
+            .await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.inner.config.max_response_header_bytes.max(8192))
             .handshake(TokioIo::new(io))
@@ -255,14 +296,33 @@ where
     async fn send_h2(&self, req: Request<RequestBody>) -> Result<Response<ProxyBody>, BoxError> {
         let addr = self.inner.addr;
         let mut sender = self.h2_sender().await?;
-        sender
-            .ready()
-            .await
-            .map_err(|source| UpstreamError { addr, source })?;
-        let res = sender
-            .send_request(req)
-            .await
-            .map_err(|source| UpstreamError { addr, source })?;
+        // At most one re-send, and only of a request the connection handed back unsent: the
+        // upstream said GOAWAY (or the connection closed) before the stream was opened, so
+        // the upstream never saw it. New streams then go to a new connection.
+        let mut may_retry = true;
+        let mut req = req;
+        let res = loop {
+            match sender.try_send_request(req).await {
+                Ok(res) => break res,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if may_retry => {
+                        tracing::debug!(%addr, error = %e.error(), "HTTP/2 connection went away; reconnecting");
+                        may_retry = false;
+                        req = unsent;
+                        // The handed-back connection is closed, so this connects anew (or
+                        // joins a connection another request just opened).
+                        sender = Box::pin(self.connect_h2()).await?;
+                    }
+                    _ => {
+                        return Err(UpstreamError {
+                            addr,
+                            source: e.into_error(),
+                        }
+                        .into());
+                    }
+                },
+            }
+        };
         Ok(res.map(ProxyBody::upstream))
     }
 
@@ -281,8 +341,17 @@ where
             return Ok(s);
         }
         let addr = self.inner.addr;
-        let io = self.inner.connect.clone().call(addr).await?;
+        let io = self
+            .inner
+            .connect
+            .clone()
+            .call(self.inner.endpoint.clone())
+            .await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            // Until the upstream's SETTINGS arrive its stream limit is unknown: open one
+            // stream and queue the rest, rather than assume 100 and have the excess refused
+            // (a burst on a new connection to an upstream with a lower limit).
+            .initial_max_send_streams(1)
             .max_header_list_size(
                 u32::try_from(self.inner.config.max_response_header_bytes).unwrap_or(u32::MAX),
             )
@@ -319,7 +388,7 @@ where
 /// by load.
 impl<C, I> Service<Request<RequestBody>> for HttpEndpoint<C>
 where
-    C: Service<SocketAddr, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
+    C: Service<Endpoint, Response = I, Error = BoxError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -399,7 +468,11 @@ mod tests {
     #[tokio::test]
     async fn endpoint_serves_as_a_tower_service_and_reuses_its_connection() {
         let up = upstream().await;
-        let endpoint = HttpEndpoint::new(up, TcpConnect::default(), ClientConfig::default());
+        let endpoint = HttpEndpoint::new(
+            Endpoint::new(up),
+            TcpConnect::default(),
+            ClientConfig::default(),
+        );
         let addr = front(endpoint.clone()).await;
         let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
         let (mut tx, conn) = hyper::client::conn::http1::handshake(io)

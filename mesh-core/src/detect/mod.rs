@@ -32,7 +32,7 @@ mod tls;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::io::PrefixedIo;
@@ -168,8 +168,14 @@ pub fn classify(buf: &[u8]) -> Classification {
 fn classify_http1(buf: &[u8]) -> Classification {
     let Some(end) = buf.iter().position(|&b| b == b'\n') else {
         // Before the line ends, reject early anything that cannot be a request line, so a
-        // binary client-speaks-first protocol is not held until the timeout.
-        let printable = buf.iter().all(|&b| b == b'\r' || (0x20..0x7f).contains(&b));
+        // binary client-speaks-first protocol is not held until the timeout. This must never
+        // reject what httparse accepts once the line is complete: it takes bytes >= 0x80
+        // (obs-text) in the request target, and a request line split before its end would
+        // otherwise go out as opaque bytes, past every HTTP check (found by fuzz/detect).
+        let method_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
+        let printable = buf.iter().enumerate().all(|(i, &b)| {
+            b == b'\r' || (0x20..0x7f).contains(&b) || (i > method_end && b >= 0x80)
+        });
         return match (printable, buf.len() > MAX_REQUEST_LINE) {
             (false, _) => Classification::Done(Protocol::Opaque),
             // A printable line this long is an over-long HTTP request line far more often
@@ -231,18 +237,20 @@ where
         if buf.len() >= config.max_bytes {
             break Outcome::Detected(undecided(&buf));
         }
+        let room = config.max_bytes - buf.len();
         if buf.capacity() == buf.len() {
-            let grow = buf.capacity().min(config.max_bytes - buf.len());
-            buf.reserve(grow.max(1));
+            buf.reserve(buf.capacity().min(room).max(1));
         }
-        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        // The allocation may be larger than asked for (it grows by doubling); reading into
+        // all of it would overshoot the bound, up to twice over. Read at most `room`.
+        let read =
+            tokio::time::timeout_at(deadline, io.read_buf(&mut (&mut buf).limit(room))).await;
         match read {
             Err(_elapsed) => break Outcome::Timeout(undecided(&buf)),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => break Outcome::Eof(undecided(&buf)),
             Ok(Ok(_)) => {
-                let limit = buf.len().min(config.max_bytes);
-                if let Classification::Done(p) = classify(&buf[..limit]) {
+                if let Classification::Done(p) = classify(&buf) {
                     break Outcome::Detected(p);
                 }
             }
@@ -286,6 +294,25 @@ mod tests {
         assert_eq!(
             classify(b"GET /index.html HTTP/1."),
             Classification::NeedMore
+        );
+    }
+
+    #[test]
+    fn non_ascii_targets_are_http1_however_the_line_is_split() {
+        // httparse accepts obs-text in the target; a prefix must not be judged opaque first.
+        let line = "GET /caf\u{e9} HTTP/1.1\r\n".as_bytes();
+        assert_eq!(classify(line), Classification::Done(Protocol::Http1));
+        for cut in 1..line.len() - 1 {
+            assert_eq!(
+                classify(&line[..cut]),
+                Classification::NeedMore,
+                "cut at {cut}"
+            );
+        }
+        // A high byte in the method still cannot be HTTP.
+        assert_eq!(
+            classify(b"G\xc3T / HT"),
+            Classification::Done(Protocol::Opaque)
         );
     }
 
@@ -399,18 +426,41 @@ mod tests {
 
     #[tokio::test]
     async fn byte_bound_holds() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        // A request line that never ends and stays printable.
-        client.write_all(&vec![b'a'; 20_000]).await.expect("write");
-        let cfg = DetectConfig {
-            max_bytes: 4096,
-            ..DetectConfig::default()
-        };
-        let (outcome, io) = detect(cfg, server).await.expect("detect");
-        // Printable and endless: handed to the HTTP/1 server, which rejects it, rather than
-        // forwarded as bytes.
-        assert_eq!(outcome.protocol(), Protocol::Http1);
-        assert!(io.prefix().len() <= 4096 + 4096);
+        // `max_bytes` is "the most bytes read while detecting": the buffer may never hold
+        // more, whatever its allocation grew to. Each input stays undecided until the bound
+        // (a TLS record of the largest size; a printable line shorter than the longest
+        // request line), and the client has sent far more than the bound.
+        let mut tls = vec![tls::CONTENT_TYPE_HANDSHAKE, 3, 1, 0x40, 0x00, 1];
+        tls.resize(40_000, b'a');
+        let line = vec![b'a'; 40_000];
+        let default = DetectConfig::default().max_bytes;
+        let cases = [
+            (default, &tls, Protocol::Tls(ClientHello::default())),
+            (4096, &line, Protocol::Http1),
+            (1000, &line, Protocol::Http1),
+            (1, &line, Protocol::Http1),
+        ];
+        for (max_bytes, input, protocol) in cases {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            client.write_all(input).await.expect("write");
+            let cfg = DetectConfig {
+                max_bytes,
+                ..DetectConfig::default()
+            };
+            let (outcome, io) = detect(cfg, server).await.expect("detect");
+            // A printable endless line is handed to the HTTP/1 server, which rejects it,
+            // rather than forwarded as bytes.
+            assert_eq!(
+                outcome,
+                Outcome::Detected(protocol),
+                "max_bytes {max_bytes}"
+            );
+            assert_eq!(
+                io.prefix().len(),
+                max_bytes,
+                "read exactly up to the bound, never past it"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! The response body the proxy hands back to its HTTP server.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::client::UpstreamBody;
+
+pin_project! {
+    /// A response body: streamed from the upstream, or produced locally.
+    #[derive(Debug)]
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Upstream { #[pin] body: UpstreamBody },
+        Local { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// A body streamed from an upstream response.
+    pub fn upstream(body: Incoming) -> Self {
+        Self::from_upstream(UpstreamBody::new(body))
+    }
+
+    /// A body streamed from an upstream response through the endpoint client (which may
+    /// return the connection to its pool when the body ends).
+    pub fn from_upstream(body: UpstreamBody) -> Self {
+        Self {
+            kind: Kind::Upstream { body },
+        }
+    }
+
+    /// A body made by the proxy.
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        let data = if data.is_empty() { None } else { Some(data) };
+        Self {
+            kind: Kind::Local { data },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Local { data: None },
+        }
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Upstream { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local { data } => data.is_none(),
+            Kind::Upstream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Upstream { body } => body.size_hint(),
+        }
+    }
+}

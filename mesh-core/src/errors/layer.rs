@@ -1,0 +1,219 @@
+//! The layer that turns a failed request into its response, at the top of a server stack.
+//!
+//! Below it, every stage fails with a named error; above it, there are only responses — what
+//! the client sees and what the metrics layer counts. It logs each failure at most once a
+//! second per destination, with how many it suppressed: a failing upstream must not become a
+//! flood of log lines.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, Version};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{classify, error_response_for};
+use crate::BoxError;
+use crate::body::ProxyBody;
+use crate::classify::is_grpc;
+use crate::log_limit::LogLimit;
+
+/// Answers the inner service's errors with the classifier's response.
+#[derive(Clone, Debug)]
+pub struct Respond<S> {
+    inner: S,
+    report: Arc<Report>,
+}
+
+#[derive(Debug)]
+struct Report {
+    dst: Arc<str>,
+    limit: LogLimit,
+}
+
+impl<S> Respond<S> {
+    /// Answers `inner`'s failures; log lines name `dst`.
+    pub fn new(inner: S, dst: impl Into<Arc<str>>) -> Self {
+        Self {
+            inner,
+            report: Arc::new(Report {
+                dst: dst.into(),
+                limit: LogLimit::new(),
+            }),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for Respond<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = future::ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // A service that cannot become ready fails each request instead (see `call`).
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(e)) => {
+                self.report.log(&e.into());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        future::ResponseFuture {
+            grpc: is_grpc(req.headers()),
+            h2: req.version() == Version::HTTP_2,
+            inner: self.inner.call(req),
+            report: self.report.clone(),
+        }
+    }
+}
+
+impl Report {
+    fn log(&self, error: &BoxError) -> super::Classified {
+        let c = classify(error.as_ref());
+        if let Some(suppressed) = self.limit.allow() {
+            if c.unclassified {
+                tracing::warn!(dst = %self.dst, %error, suppressed, "request failed with an unclassified error");
+            } else {
+                tracing::info!(dst = %self.dst, %error, suppressed, "request failed");
+            }
+        }
+        c
+    }
+}
+
+/// Builds [`Respond`] services for one destination.
+#[derive(Clone, Debug)]
+pub struct RespondLayer {
+    dst: Arc<str>,
+}
+
+impl RespondLayer {
+    /// Failures are logged naming `dst`.
+    pub fn new(dst: impl Into<Arc<str>>) -> Self {
+        Self { dst: dst.into() }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RespondLayer {
+    type Service = Respond<S>;
+
+    fn layer(&self, inner: S) -> Respond<S> {
+        Respond::new(inner, self.dst.clone())
+    }
+}
+
+/// The future [`Respond`] returns.
+pub mod future {
+    use super::*;
+
+    pin_project! {
+        /// The inner response, or the response its error is answered with.
+        #[derive(Debug)]
+        pub struct ResponseFuture<F> {
+            #[pin]
+            pub(super) inner: F,
+            pub(super) report: Arc<Report>,
+            pub(super) grpc: bool,
+            pub(super) h2: bool,
+        }
+    }
+
+    impl<F, E> Future for ResponseFuture<F>
+    where
+        F: Future<Output = Result<Response<ProxyBody>, E>>,
+        E: Into<BoxError>,
+    {
+        type Output = Result<Response<ProxyBody>, Infallible>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            match this.inner.poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
+                Poll::Ready(Err(e)) => {
+                    let error = e.into();
+                    let c = this.report.log(&error);
+                    let mut res = error_response_for(&c, *this.grpc);
+                    if *this.h2 {
+                        // HTTP/2 has no connection-level `Connection` header.
+                        res.headers_mut().remove(http::header::CONNECTION);
+                    }
+                    Poll::Ready(Ok(res))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::{BadRequest, L5D_PROXY_ERROR};
+    use tower_layer::Layer;
+    use tower_test::mock;
+
+    #[tokio::test]
+    async fn errors_become_responses_once_classified() {
+        let (svc, mut handle) = mock::pair::<Request<()>, Response<ProxyBody>>();
+        let mut svc = RespondLayer::new("world").layer(svc);
+        handle.allow(2);
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let fut = svc.call(Request::new(()));
+        let (_, respond) = handle.next_request().await.expect("request");
+        respond.send_error(BadRequest::new("more than one Host header"));
+        let res = fut.await.expect("infallible");
+        assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+        assert_eq!(res.headers()["connection"], "close");
+        assert!(
+            res.headers()[L5D_PROXY_ERROR]
+                .to_str()
+                .expect("ascii")
+                .contains("more than one Host")
+        );
+
+        // gRPC over HTTP/2: a trailers-only answer, no connection header.
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready");
+        let req = Request::builder()
+            .version(Version::HTTP_2)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        let fut = svc.call(req);
+        let (_, respond) = handle.next_request().await.expect("request");
+        respond.send_error(BadRequest::new("bad"));
+        let res = fut.await.expect("infallible");
+        assert_eq!(res.status(), http::StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "13");
+        assert!(!res.headers().contains_key("connection"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Metric names (DESIGN.md §4) and handles resolved once per target.
+//!
+//! Metrics go through the `metrics` facade; the binary installs a recorder (a Prometheus
+//! exporter) and libraries never do. Looking a labelled metric up in the recorder costs a
+//! hash and a lock, so the request path never does it per request: [`HttpMetrics`] and
+//! [`TcpMetrics`] resolve their handles when a target's stack is built, and a request costs
+//! a few atomic adds.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, SharedString, Unit};
+
+use crate::classify::ResponseClass;
+
+mod layer;
+
+pub use self::layer::{RecordBody, RecordHttp, RecordHttpLayer, future};
+
+/// `mesh_request_total{direction,dst}`: HTTP requests received.
+pub const REQUEST_TOTAL: &str = "mesh_request_total";
+/// `mesh_response_total{direction,dst,status_code,classification}`: HTTP responses sent,
+/// counted when the response ends (a gRPC status in trailers decides its classification).
+pub const RESPONSE_TOTAL: &str = "mesh_response_total";
+/// `mesh_response_latency_seconds{direction,dst}`: time to the response head.
+pub const RESPONSE_LATENCY_SECONDS: &str = "mesh_response_latency_seconds";
+/// `mesh_tcp_open_total{direction,dst}`: connections accepted.
+pub const TCP_OPEN_TOTAL: &str = "mesh_tcp_open_total";
+/// `mesh_tcp_close_total{direction,dst}`: connections closed.
+pub const TCP_CLOSE_TOTAL: &str = "mesh_tcp_close_total";
+/// `mesh_tcp_read_bytes_total{direction,dst}`: bytes read from clients.
+pub const TCP_READ_BYTES_TOTAL: &str = "mesh_tcp_read_bytes_total";
+/// `mesh_tcp_write_bytes_total{direction,dst}`: bytes written to clients.
+pub const TCP_WRITE_BYTES_TOTAL: &str = "mesh_tcp_write_bytes_total";
+/// `mesh_detect_total{direction,protocol}`: protocol detection outcomes.
+pub const DETECT_TOTAL: &str = "mesh_detect_total";
+
+/// Latency histogram bucket bounds, in seconds: 1 ms to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+/// Registers help text and units for every mesh metric with the installed recorder.
+///
+/// Call once from the binary after installing a recorder; Prometheus exposition then
+/// carries `# HELP` lines, which `promtool check metrics` requires.
+pub fn describe() {
+    metrics::describe_counter!(REQUEST_TOTAL, "HTTP requests received by the proxy.");
+    metrics::describe_counter!(
+        RESPONSE_TOTAL,
+        "HTTP responses sent by the proxy, by status and classification."
+    );
+    metrics::describe_histogram!(
+        RESPONSE_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Time from receiving a request to sending its response head."
+    );
+    metrics::describe_counter!(TCP_OPEN_TOTAL, "Client connections accepted.");
+    metrics::describe_counter!(TCP_CLOSE_TOTAL, "Client connections closed.");
+    metrics::describe_counter!(
+        TCP_READ_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes read from clients."
+    );
+    metrics::describe_counter!(
+        TCP_WRITE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes written to clients."
+    );
+    metrics::describe_counter!(DETECT_TOTAL, "Protocol detection outcomes.");
+}
+
+/// Counts a detection outcome.
+pub fn record_detect(direction: &'static str, protocol: &'static str) {
+    metrics::counter!(DETECT_TOTAL, "direction" => direction, "protocol" => protocol).increment(1);
+}
+
+/// Request and response metrics for one `(direction, dst)`.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    direction: &'static str,
+    dst: SharedString,
+    requests: Counter,
+    latency: Histogram,
+    responses: Mutex<Vec<(u16, ResponseClass, Counter)>>,
+}
+
+impl HttpMetrics {
+    /// Resolves the handles for `direction` and `dst`.
+    pub fn new(direction: &'static str, dst: impl Into<SharedString>) -> Self {
+        let dst = dst.into();
+        Self {
+            direction,
+            requests: metrics::counter!(REQUEST_TOTAL, "direction" => direction, "dst" => dst.clone()),
+            latency: metrics::histogram!(RESPONSE_LATENCY_SECONDS, "direction" => direction, "dst" => dst.clone()),
+            dst,
+            responses: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts a request.
+    pub fn request(&self) {
+        self.requests.increment(1);
+    }
+
+    /// Records the time from a request to its response head.
+    pub fn latency(&self, latency: Duration) {
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    /// Counts a finished response with its status and outcome.
+    pub fn response(&self, status: http::StatusCode, class: ResponseClass) {
+        // Standard codes keep their value; anything an upstream invents past 599 is "other".
+        let code = status.as_u16().min(600);
+        let mut responses = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = responses.iter().find(|(s, k, _)| *s == code && *k == class) {
+            c.increment(1);
+            return;
+        }
+        // Bounded: at most 501 status labels and two classes per (direction, dst).
+        let label = if code < 600 {
+            code.to_string()
+        } else {
+            "other".to_owned()
+        };
+        let c = metrics::counter!(
+            RESPONSE_TOTAL,
+            "direction" => self.direction,
+            "dst" => self.dst.clone(),
+            "status_code" => label,
+            "classification" => class.label()
+        );
+        c.increment(1);
+        responses.push((code, class, c));
+    }
+}
+
+/// Connection metrics for one `(direction, dst)`.
+#[derive(Debug)]
+pub struct TcpMetrics {
+    open: Counter,
+    close: Counter,
+    read: Counter,
+    write: Counter,
+}
+
+impl TcpMetrics {
+    /// Resolves the handles for `direction` and `dst`.
+    pub fn new(direction: &'static str, dst: impl Into<SharedString>) -> Self {
+        let dst = dst.into();
+        Self {
+            open: metrics::counter!(TCP_OPEN_TOTAL, "direction" => direction, "dst" => dst.clone()),
+            close: metrics::counter!(TCP_CLOSE_TOTAL, "direction" => direction, "dst" => dst.clone()),
+            read: metrics::counter!(TCP_READ_BYTES_TOTAL, "direction" => direction, "dst" => dst.clone()),
+            write: metrics::counter!(TCP_WRITE_BYTES_TOTAL, "direction" => direction, "dst" => dst),
+        }
+    }
+
+    /// Counts an accepted connection.
+    pub fn opened(&self) {
+        self.open.increment(1);
+    }
+
+    /// Counts a closed connection and the bytes it carried from and to the client.
+    pub fn closed(&self, read: u64, written: u64) {
+        self.close.increment(1);
+        self.transferred(read, written);
+    }
+
+    /// Counts bytes carried from and to the client outside the connection's own accounting
+    /// (an upgraded tunnel that outlives its HTTP connection).
+    pub fn transferred(&self, read: u64, written: u64) {
+        self.read.increment(read);
+        self.write.increment(written);
+    }
+}
