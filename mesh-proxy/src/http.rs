@@ -1,39 +1,35 @@
-//! Serving HTTP on a client connection and forwarding each request to its target.
+//! Serving HTTP on a client connection: the hyper server and the adapter between it and a
+//! connection's request stack.
 //!
 //! The connection's protocol is already known from detection, so the matching hyper server
-//! (HTTP/1 or HTTP/2) runs directly, configured with the limits of DESIGN.md §5. Each request
-//! passes through [`ProxyService`]: framing check, hop-by-hop headers, the target's
-//! endpoint client, and on failure the one error classifier
-//! ([`mesh_core::errors::error_response`]). Upgrades (WebSocket) and `CONNECT` become a
-//! byte tunnel only once the upstream has answered `101` (or 2xx to `CONNECT`).
+//! (HTTP/1 or HTTP/2) runs directly, configured with the limits of DESIGN.md §5.
+//! [`ConnService`] does the connection's bookkeeping for each request — the exchange is in
+//! flight until its response body and its request body have both ended, an HTTP/2 body's end
+//! starts its response timer, a connection that lost track of message boundaries closes after
+//! its next response — and hands the request to the stack that `outbound.rs` or
+//! `inbound.rs` built for the connection.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::BoxError;
-use mesh_core::body::{BodyEnd, ProxyBody, RequestBody};
-use mesh_core::classify::Classify;
-use mesh_core::errors::{BadRequest, ResponseTimeout, error_response};
-use mesh_core::headers::{strip_hop_by_hop, wants_upgrade};
+use hyper_util::rt::TokioExecutor;
+use mesh_core::body::ProxyBody;
+use mesh_core::body::RequestBody;
+use mesh_core::metrics::RecordBody;
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tower_service::Service;
 
-use crate::Direction;
 use crate::config::Limits;
-use crate::conn::{ConnState, RequestGuard, ServerIo, Watch};
-use crate::targets::Target;
+use crate::conn::{ConnState, RequestGuard};
+use crate::deadline::{BodySent, StreamBody};
 
 /// Server settings derived once from the limits.
 #[derive(Clone, Debug)]
@@ -76,34 +72,30 @@ impl ServerSettings {
     }
 }
 
-/// What every request of one client connection shares, besides its target.
+/// The response a connection's stack produces.
+pub(crate) type StackResponse = Response<RecordBody<ProxyBody>>;
+
+/// Adapts a connection's request stack to hyper, doing the connection's bookkeeping.
 #[derive(Debug)]
-pub(crate) struct ConnCtx {
-    /// Ends upgraded tunnels when the proxy gives up draining.
-    pub(crate) abort: CancellationToken,
-    /// Tracks upgraded tunnels, so a drain waits for them.
-    pub(crate) tracker: TaskTracker,
-    /// The connection's slot under the connection cap; a tunnel keeps it.
-    pub(crate) permit: Arc<OwnedSemaphorePermit>,
-    pub(crate) response_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-}
-
-/// Forwards the requests of one client connection to its target.
-#[derive(Clone, Debug)]
-pub(crate) struct ProxyService {
-    target: Arc<Target>,
+pub(crate) struct ConnService<S> {
+    stack: S,
     conn: Arc<ConnState>,
-    ctx: Arc<ConnCtx>,
 }
 
-impl ProxyService {
-    pub(crate) fn new(target: Arc<Target>, conn: Arc<ConnState>, ctx: Arc<ConnCtx>) -> Self {
-        Self { target, conn, ctx }
+impl<S> ConnService<S> {
+    pub(crate) fn new(stack: S, conn: Arc<ConnState>) -> Self {
+        Self { stack, conn }
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ProxyService {
+impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<RequestBody>, Response = StackResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     type Response = Response<ServerBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ServerBody>, Infallible>> + Send>>;
@@ -112,46 +104,31 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         // The body is wrapped at once, so its end is reported even if this future is dropped
         // before it first runs.
         let desynced = self.conn.is_desynced();
-        let (guard, mut body_hook) = self.conn.request_started(!req.body().is_end_stream());
-        // An HTTP/2 stream times its own response, from the end of its request body.
-        let body_sent = match body_hook.take() {
-            Some(conn) if req.version() == http::Version::HTTP_2 => {
+        let h2 = req.version() == http::Version::HTTP_2;
+        let (guard, hook) = self.conn.request_started(!req.body().is_end_stream());
+        let req = match hook {
+            // An HTTP/2 stream times its own response, from the end of its request body.
+            Some(conn) if h2 => {
                 let sent = Arc::new(BodySent::new(conn));
-                body_hook = Some(sent.clone());
-                Some(sent)
+                let mut req = req.map(|body| RequestBody::new(body, Some(sent.clone())));
+                req.extensions_mut().insert(StreamBody(sent));
+                req
             }
-            hook => {
-                body_hook = hook;
-                None
-            }
+            hook => req.map(|body| RequestBody::new(body, hook)),
         };
-        let req = req.map(|body| RequestBody::new(body, body_hook));
-        let ambiguous = self.conn.take_ambiguous();
-        let target = self.target.clone();
-        let ctx = self.ctx.clone();
-        let conn = self.conn.clone();
+        // Every stage of the proxy's stacks is always ready (connections are opened per
+        // request), so the request enters the stack now, while its head is current (the
+        // framing checks read what the connection saw of it). A stage that ever waits for
+        // readiness is awaited inside the response future instead.
+        let mut stack = self.stack.clone();
+        let mut noop = Context::from_waker(Waker::noop());
+        let res = match stack.poll_ready(&mut noop) {
+            Poll::Ready(Ok(())) => futures_util::future::Either::Left(stack.call(req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => futures_util::future::Either::Right(stack.oneshot(req)),
+        };
         Box::pin(async move {
-            let start = Instant::now();
-            target.http.request();
-            let grpc = is_grpc(&req);
-            let h2 = req.version() == http::Version::HTTP_2;
-            // HTTP/1 has one request in flight per connection: its watchdog times the
-            // response head, with no timer per request. HTTP/2 streams time themselves.
-            let watched = (!h2).then_some(&*conn);
-            let mut res = match forward(&target, req, ambiguous, &ctx, watched, body_sent).await {
-                Ok(res) => res,
-                Err(error) => {
-                    if let Some(suppressed) = target.failures.allow() {
-                        tracing::info!(dst = %target.addr, %error, suppressed, "request failed");
-                    }
-                    let mut res = error_response(&error, grpc);
-                    if h2 {
-                        // HTTP/2 has no connection-level `Connection` header.
-                        res.headers_mut().remove(http::header::CONNECTION);
-                    }
-                    res
-                }
-            };
+            let Ok(mut res) = res.await;
             if desynced && !h2 {
                 // An earlier request body was abandoned mid-way, so this head was found by
                 // hyper without the proxy's checks: answer it, then close.
@@ -160,12 +137,6 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                     http::HeaderValue::from_static("close"),
                 );
             }
-            // Interim (the metrics layer replaces this): the head's outcome, recorded now.
-            let class = Classify::for_grpc(grpc)
-                .head(res.status(), res.headers())
-                .unwrap_or(mesh_core::classify::ResponseClass::Success);
-            target.http.latency(start.elapsed());
-            target.http.response(res.status(), class);
             Ok(res.map(|body| ServerBody {
                 inner: body,
                 _guard: guard,
@@ -174,217 +145,13 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-async fn forward(
-    target: &Arc<Target>,
-    mut req: Request<RequestBody>,
-    ambiguous: bool,
-    ctx: &ConnCtx,
-    watched: Option<&ConnState>,
-    body_sent: Option<Arc<BodySent>>,
-) -> Result<Response<ProxyBody>, BoxError> {
-    if ambiguous {
-        return Err(BadRequest::new("ambiguous request framing (content-length with transfer-encoding, repeated content-length, or bare LF)").into());
-    }
-    check_host(&req)?;
-    let upgrade = req.version() <= http::Version::HTTP_11 && wants_upgrade(req.headers());
-    let connect = req.method() == Method::CONNECT;
-    let downstream = (upgrade || connect).then(|| hyper::upgrade::on(&mut req));
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    if target.direction == Direction::Inbound {
-        // `l5d-client-id` is the verified peer identity the inbound side vouches for
-        // (DESIGN §4); a value a client sent itself is never passed on.
-        req.headers_mut().remove(L5D_CLIENT_ID);
-    }
-    let timeout = ctx.response_timeout;
-    let late = || ResponseTimeout::new(target.addr, timeout);
-    let mut res = match watched {
-        Some(state) => {
-            state.await_response_head(timeout);
-            let mut send = std::pin::pin!(target.endpoint.send(req));
-            let res = std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending => state.poll_response_late(cx).map(|()| None),
-            })
-            .await;
-            state.response_head_done();
-            res.ok_or_else(late)??
-        }
-        None => match body_sent {
-            None => tokio::time::timeout(timeout, target.endpoint.send(req))
-                .await
-                .map_err(|_| late())??,
-            // The clock starts once the upstream has the whole request (see
-            // `ConnState::await_response_head`).
-            Some(sent) => {
-                // Until the body ends, the clock restarts with each chunk: an upload the
-                // upstream stopped reading (and does not answer) still times out.
-                let timer = async {
-                    let mut last = sent.progressed_at();
-                    loop {
-                        tokio::select! {
-                            () = sent.ended.notified() => break,
-                            () = tokio::time::sleep_until(last + timeout) => {
-                                let now = sent.progressed_at();
-                                if now == last {
-                                    return;
-                                }
-                                last = now;
-                            }
-                        }
-                    }
-                    tokio::time::sleep(timeout).await;
-                };
-                tokio::select! {
-                    res = target.endpoint.send(req) => res?,
-                    () = timer => return Err(late().into()),
-                }
-            }
-        },
-    };
-    if res.version() == http::Version::HTTP_10 {
-        // RFC 9110 §2.5: an intermediary sends its own HTTP version. hyper writes a response
-        // in the version it carries, so an HTTP/1.0 upstream's answer would reach a 1.1
-        // client as a 1.0 response (close-delimited, connection closed) and a keep-alive
-        // 1.0 client without `Connection: keep-alive` (connection closed). hyper itself
-        // answers a 1.0 client in 1.0.
-        *res.version_mut() = http::Version::HTTP_11;
-    }
-    let switched = (upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS)
-        || (connect && res.status().is_success());
-    strip_hop_by_hop(res.headers_mut(), switched && upgrade);
-    if let (true, Some(downstream)) = (switched, downstream) {
-        let upstream = hyper::upgrade::on(&mut res);
-        let tunnel = tunnel(
-            downstream,
-            upstream,
-            target.clone(),
-            ctx.permit.clone(),
-            ctx.idle_timeout,
-        );
-        ctx.tracker
-            .spawn(ctx.abort.clone().run_until_cancelled_owned(tunnel));
-    }
-    Ok(res)
-}
-
-/// Copies bytes between an upgraded client connection and its upstream until both ends
-/// finish, the tunnel idles out, or the proxy aborts after its drain. It holds the client
-/// connection's slot under the connection cap for as long as it runs, and is tracked, so a
-/// drain waits for it.
-async fn tunnel(
-    downstream: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    target: Arc<Target>,
-    _permit: Arc<OwnedSemaphorePermit>,
-    idle: Duration,
-) {
-    let dst = target.addr;
-    let (down, up) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::info!(%dst, %error, "upgrade failed after the upstream agreed");
-            return;
-        }
-    };
-    let state = ConnState::new();
-    let mut down = ServerIo::new(TokioIo::new(down), state.clone(), Watch::Bytes);
-    let mut up = TokioIo::new(up);
-    tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut down, &mut up) => match res {
-            Ok((tx, rx)) => tracing::debug!(%dst, tx, rx, "tunnel closed"),
-            Err(error) => tracing::debug!(%dst, %error, "tunnel failed"),
-        },
-        _ = state.expired(None, idle, None) => tracing::debug!(%dst, "idle tunnel closed"),
-    }
-    let (read, written) = state.bytes();
-    target.tcp.transferred(read, written);
-}
-
-/// Passes the end of an HTTP/2 request body on to the connection's bookkeeping and to the
-/// stream's response timer.
-struct BodySent {
-    conn: Arc<dyn BodyEnd>,
-    ended: tokio::sync::Notify,
-    base: Instant,
-    /// Milliseconds after `base` of the last body chunk.
-    progress_ms: std::sync::atomic::AtomicU64,
-}
-
-impl BodySent {
-    fn new(conn: Arc<dyn BodyEnd>) -> Self {
-        Self {
-            conn,
-            ended: tokio::sync::Notify::new(),
-            base: Instant::now(),
-            progress_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn progressed_at(&self) -> Instant {
-        self.base
-            + Duration::from_millis(self.progress_ms.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-impl BodyEnd for BodySent {
-    fn progressed(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.progress_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
-        self.conn.progressed();
-    }
-
-    fn body_ended(&self, complete: bool) {
-        self.conn.body_ended(complete);
-        // A stored permit: the timer starts even if it begins waiting only later.
-        self.ended.notify_one();
-    }
-}
-
-/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and an absolute-form target
-/// wins over it. Routing reads the authority, so a request whose authority is missing or
-/// ambiguous is refused rather than guessed at.
-fn check_host<B>(req: &Request<B>) -> Result<(), BadRequest> {
-    if req.version() == http::Version::HTTP_2 {
-        return Ok(());
-    }
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(BadRequest::new("more than one Host header"));
-    }
-    match (host, req.uri().authority()) {
-        (None, _) if req.version() == http::Version::HTTP_11 => {
-            Err(BadRequest::new("HTTP/1.1 request without a Host header"))
-        }
-        (Some(h), Some(a))
-            if req.method() != Method::CONNECT
-                && !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
-        {
-            Err(BadRequest::new(
-                "Host header differs from the request target's authority",
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The header that carries the verified identity of an inbound peer to the application.
-const L5D_CLIENT_ID: &str = "l5d-client-id";
-
 pin_project! {
     /// The body the proxy's server sends: the response body plus the guard that marks the
     /// request finished when the body is done or dropped.
     #[derive(Debug)]
     pub(crate) struct ServerBody {
         #[pin]
-        inner: ProxyBody,
+        inner: RecordBody<ProxyBody>,
         _guard: RequestGuard,
     }
 }

@@ -21,15 +21,20 @@
 //! See ARCHITECTURE.md for the stack order of each listener.
 
 pub mod admin;
+mod checks;
 pub mod config;
 mod conn;
+mod deadline;
 mod http;
+mod inbound;
 mod lifecycle;
 mod listener;
+mod outbound;
 mod ratelog;
-mod targets;
+mod stack;
 mod tcp;
 pub mod telemetry;
+mod tunnel;
 
 pub use self::admin::LogLevel;
 pub use self::lifecycle::{BindError, BoundProxy, Proxy, Shutdown, signal};

@@ -25,7 +25,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::http::ServerSettings;
 use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
-use crate::targets::Targets;
+use crate::stack::Targets;
 
 /// A listener address could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +176,6 @@ impl Proxy {
                 response_timeout: cfg.limits.response_timeout,
                 server: server.clone(),
                 targets: Targets::new(direction, connect, client),
-                connect,
                 conns: conns.clone(),
                 cap,
                 refusals: LogLimit::new(),

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use mesh_core::connect::TcpConnect;
 use mesh_core::detect::{DetectConfig, Protocol, detect};
 use mesh_core::metrics::record_detect;
+use mesh_core::target::{Endpoint, Logical};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,9 +22,11 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::config::same_socket;
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
-use crate::http::{ConnCtx, ProxyService, ServerSettings};
+use crate::http::{ConnService, ServerSettings, StackResponse};
 use crate::ratelog::LogLimit;
-use crate::targets::{Target, Targets};
+use crate::stack::{LogicalTarget, Targets};
+use crate::tunnel::ConnCtx;
+use crate::{inbound, outbound};
 use mesh_core::framing::HeadScanner;
 
 /// Everything a listener needs to handle its connections.
@@ -41,7 +43,6 @@ pub(crate) struct ListenerCtx {
     pub(crate) response_timeout: Duration,
     pub(crate) server: ServerSettings,
     pub(crate) targets: Targets,
-    pub(crate) connect: TcpConnect,
     pub(crate) conns: Arc<Semaphore>,
     /// The connection cap `conns` started with.
     pub(crate) cap: usize,
@@ -144,7 +145,7 @@ async fn handle(
             return;
         }
     };
-    let target = ctx.targets.get(addr);
+    let target = ctx.targets.logical(&Logical::from(addr));
     target.tcp.opened();
     let state = ConnState::new();
     if ctx.opaque_ports.contains(&addr.port()) {
@@ -152,22 +153,41 @@ async fn handle(
         let mut io = ServerIo::new(stream, state.clone(), Watch::Bytes);
         opaque(&mut io, addr, ctx, &state).await;
     } else {
-        serve_detected(stream, peer, &target, ctx, &state, drain, conn).await;
+        let accepted = Accepted {
+            peer,
+            addr,
+            target: target.clone(),
+            state: state.clone(),
+        };
+        serve_detected(stream, &accepted, ctx, drain, conn).await;
     }
     let (read, written) = state.bytes();
     target.tcp.closed(read, written);
 }
 
+/// An accepted connection whose destination is known.
+struct Accepted {
+    peer: SocketAddr,
+    /// The destination address.
+    addr: SocketAddr,
+    target: Arc<LogicalTarget>,
+    state: Arc<ConnState>,
+}
+
 async fn serve_detected(
     stream: TcpStream,
-    peer: SocketAddr,
-    target: &Arc<Target>,
+    accepted: &Accepted,
     ctx: &ListenerCtx,
-    state: &Arc<ConnState>,
     drain: watch::Receiver<bool>,
     conn: &Arc<ConnCtx>,
 ) {
-    let addr = target.addr;
+    let Accepted {
+        peer,
+        addr,
+        target,
+        state,
+    } = accepted;
+    let (peer, addr) = (*peer, *addr);
     let dir = ctx.direction.as_str();
     let (outcome, io) = match detect(ctx.detect, stream).await {
         Ok(d) => d,
@@ -177,43 +197,77 @@ async fn serve_detected(
         }
     };
     record_detect(dir, outcome.label());
-    match outcome.protocol() {
-        Protocol::Http1 => {
-            let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
-            let svc = ProxyService::new(target.clone(), state.clone(), conn.clone());
-            let conn = ctx
-                .server
-                .h1()
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades();
-            let timeouts = Timeouts {
-                header: Some(ctx.header_timeout),
-                idle: ctx.idle_timeout,
-                response: Some(ctx.response_timeout),
-            };
-            drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
-        }
-        Protocol::Http2 => {
-            let io = ServerIo::new(io, state.clone(), Watch::Http2);
-            let svc = ProxyService::new(target.clone(), state.clone(), conn.clone());
-            let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
-            // HTTP/2 multiplexes: each stream times its own response.
-            let timeouts = Timeouts {
-                header: None,
-                idle: ctx.idle_timeout,
-                response: None,
-            };
-            drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
-        }
+    let h2 = match outcome.protocol() {
+        Protocol::Http1 => false,
+        Protocol::Http2 => true,
         Protocol::Tls(hello) => {
             tracing::debug!(direction = dir, %peer, sni = ?hello.server_name, "forwarding TLS as opaque");
             let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
             opaque(&mut io, addr, ctx, state).await;
+            return;
         }
         Protocol::Opaque => {
             let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
             opaque(&mut io, addr, ctx, state).await;
+            return;
         }
+    };
+    let targets = &ctx.targets;
+    match ctx.direction {
+        Direction::Outbound => {
+            let stack = outbound::http_stack(targets, target, addr, state, conn);
+            serve_http(io, h2, stack, ctx, state, drain).await;
+        }
+        Direction::Inbound => {
+            let stack = inbound::http_stack(targets, target, addr, state, conn);
+            serve_http(io, h2, stack, ctx, state, drain).await;
+        }
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 on a detected connection through its request stack.
+async fn serve_http<I, S>(
+    io: I,
+    h2: bool,
+    stack: S,
+    ctx: &ListenerCtx,
+    state: &Arc<ConnState>,
+    drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: tower_service::Service<
+            http::Request<mesh_core::body::RequestBody>,
+            Response = StackResponse,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let svc = ConnService::new(stack, state.clone());
+    if h2 {
+        let io = ServerIo::new(io, state.clone(), Watch::Http2);
+        let conn = ctx.server.h2().serve_connection(TokioIo::new(io), svc);
+        // HTTP/2 multiplexes: each stream times its own response.
+        let timeouts = Timeouts {
+            header: None,
+            idle: ctx.idle_timeout,
+            response: None,
+        };
+        drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
+    } else {
+        let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
+        let conn = ctx
+            .server
+            .h1()
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let timeouts = Timeouts {
+            header: Some(ctx.header_timeout),
+            idle: ctx.idle_timeout,
+            response: Some(ctx.response_timeout),
+        };
+        drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
     }
 }
 
@@ -222,7 +276,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     tokio::select! {
-        () = crate::tcp::forward(io, addr, ctx.connect) => {}
+        () = crate::tcp::forward(io, Endpoint::from(addr), ctx.targets.connect()) => {}
         _ = state.expired(None, ctx.idle_timeout, None) => {
             tracing::debug!(direction = ctx.direction.as_str(), %addr, "idle opaque connection closed");
         }

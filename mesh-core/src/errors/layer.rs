@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, Version};
 use pin_project_lite::pin_project;
+use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{classify, error_response_for};
@@ -37,13 +38,7 @@ struct Report {
 impl<S> Respond<S> {
     /// Answers `inner`'s failures; log lines name `dst`.
     pub fn new(inner: S, dst: impl Into<Arc<str>>) -> Self {
-        Self {
-            inner,
-            report: Arc::new(Report {
-                dst: dst.into(),
-                limit: LogLimit::new(),
-            }),
-        }
+        RespondLayer::new(dst).layer(inner)
     }
 
     /// The inner service.
@@ -107,16 +102,22 @@ impl Report {
     }
 }
 
-/// Builds [`Respond`] services for one destination.
+/// Builds [`Respond`] services for one destination; they share one log limit.
 #[derive(Clone, Debug)]
 pub struct RespondLayer {
-    dst: Arc<str>,
+    report: Arc<Report>,
 }
 
 impl RespondLayer {
-    /// Failures are logged naming `dst`.
+    /// Failures are logged naming `dst`, at most once a second across every service this
+    /// layer builds.
     pub fn new(dst: impl Into<Arc<str>>) -> Self {
-        Self { dst: dst.into() }
+        Self {
+            report: Arc::new(Report {
+                dst: dst.into(),
+                limit: LogLimit::new(),
+            }),
+        }
     }
 }
 
@@ -124,7 +125,10 @@ impl<S> tower_layer::Layer<S> for RespondLayer {
     type Service = Respond<S>;
 
     fn layer(&self, inner: S) -> Respond<S> {
-        Respond::new(inner, self.dst.clone())
+        Respond {
+            inner,
+            report: self.report.clone(),
+        }
     }
 }
 
@@ -175,7 +179,6 @@ pub mod future {
 mod tests {
     use super::*;
     use crate::errors::{BadRequest, L5D_PROXY_ERROR};
-    use tower_layer::Layer;
     use tower_test::mock;
 
     #[tokio::test]

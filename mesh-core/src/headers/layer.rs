@@ -1,5 +1,6 @@
 //! Hop-by-hop rules as a layer: strips the request's connection-level headers on the way in
-//! and the response's on the way out, keeping what an agreed upgrade needs.
+//! and the response's on the way out, keeping what an agreed upgrade needs; a response also
+//! takes this hop's HTTP version (an HTTP/1.0 upstream's answer leaves as 1.1).
 //!
 //! It sits outside routing and inside the upgrade hand-off ([`crate::upgrade`]), so the
 //! headers an upgrade needs reach the upstream and its `101` answer reaches the client.
@@ -113,6 +114,14 @@ pub mod future {
             // else (a `2xx` to CONNECT included) loses its connection headers.
             let switched = *this.upgrade && res.status() == StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(res.headers_mut(), switched);
+            if res.version() == Version::HTTP_10 {
+                // RFC 9110 §2.5: an intermediary sends its own HTTP version. hyper writes a
+                // response in the version it carries, so an HTTP/1.0 upstream's answer would
+                // reach a 1.1 client as a 1.0 response (close-delimited, connection closed)
+                // and a keep-alive 1.0 client without `Connection: keep-alive`. hyper itself
+                // answers a 1.0 client in 1.0.
+                *res.version_mut() = Version::HTTP_11;
+            }
             Poll::Ready(Ok(res))
         }
     }

@@ -1,0 +1,150 @@
+//! The per-target pieces a listener's stacks are built from, and the caches that hold them
+//! (DESIGN.md §3, "per-target stacks").
+//!
+//! Three caches, one per stage: per logical destination (metric handles, the error
+//! responder's log limit), per concrete destination (the stage retries, per-route timeouts
+//! and the balancer will fill), per endpoint (the HTTP client and its connection pool). Each
+//! is bounded in count and forgets targets nobody has looked up for [`TARGET_IDLE`]; an
+//! endpoint that still keeps idle pooled connections stays until they expire.
+//!
+//! `outbound.rs` and `inbound.rs` compose these into a stack per client connection.
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use mesh_core::BoxError;
+use mesh_core::body::{ProxyBody, RequestBody};
+use mesh_core::cache::Cache;
+use mesh_core::client::{ClientConfig, HttpEndpoint};
+use mesh_core::connect::TcpConnect;
+use mesh_core::errors::RespondLayer;
+use mesh_core::metrics::{HttpMetrics, TcpMetrics};
+use mesh_core::target::{Concrete, Endpoint, Logical};
+use tower::util::BoxCloneSyncService;
+use tower_service::Service;
+
+use crate::Direction;
+
+/// The most targets each cache of one listener holds.
+pub(crate) const MAX_TARGETS: usize = 10_000;
+
+/// How long a target nobody looks up stays cached.
+pub(crate) const TARGET_IDLE: Duration = Duration::from_secs(60);
+
+/// A request service at a stage boundary.
+pub(crate) type HttpService =
+    BoxCloneSyncService<Request<RequestBody>, Response<ProxyBody>, BoxError>;
+
+/// What a listener keeps per logical destination.
+#[derive(Debug)]
+pub(crate) struct LogicalTarget {
+    pub(crate) logical: Logical,
+    pub(crate) http: Arc<HttpMetrics>,
+    pub(crate) tcp: TcpMetrics,
+    /// Answers failures with the one classifier; shares one log limit per destination.
+    pub(crate) respond: RespondLayer,
+}
+
+/// The per-target caches of one listener.
+#[derive(Debug)]
+pub(crate) struct Targets {
+    direction: Direction,
+    connect: TcpConnect,
+    client: ClientConfig,
+    logicals: Cache<Logical, Arc<LogicalTarget>>,
+    concretes: Cache<Concrete, HttpService>,
+    endpoints: Cache<Endpoint, HttpEndpoint>,
+}
+
+impl Targets {
+    pub(crate) fn new(direction: Direction, connect: TcpConnect, client: ClientConfig) -> Self {
+        let max = NonZeroUsize::new(MAX_TARGETS).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            direction,
+            connect,
+            client,
+            logicals: Cache::new(max, TARGET_IDLE),
+            concretes: Cache::new(max, TARGET_IDLE),
+            endpoints: Cache::new(max, TARGET_IDLE),
+        }
+    }
+
+    /// The connect stack (plain TCP today; mTLS wraps it).
+    pub(crate) fn connect(&self) -> TcpConnect {
+        self.connect
+    }
+
+    /// The logical destination's shared pieces.
+    pub(crate) fn logical(&self, logical: &Logical) -> Arc<LogicalTarget> {
+        self.logicals.get_or_build(logical, |l| {
+            let dir = self.direction.as_str();
+            let dst = l.text().to_string();
+            Arc::new(LogicalTarget {
+                logical: l.clone(),
+                http: Arc::new(HttpMetrics::new(dir, dst.clone())),
+                tcp: TcpMetrics::new(dir, dst),
+                respond: RespondLayer::new(l.text().clone()),
+            })
+        })
+    }
+
+    /// The concrete destination's stack, built by `build` on first use.
+    pub(crate) fn concrete(
+        &self,
+        concrete: &Concrete,
+        build: impl FnOnce(&Concrete) -> HttpService,
+    ) -> HttpService {
+        self.concretes.get_or_build(concrete, build)
+    }
+
+    /// The endpoint's HTTP client.
+    pub(crate) fn endpoint(&self, endpoint: &Endpoint) -> HttpEndpoint {
+        self.endpoints.get_or_build(endpoint, |e| {
+            HttpEndpoint::new(e.clone(), self.connect, self.client)
+        })
+    }
+
+    /// Closes expired idle upstream connections and forgets targets nobody looked up.
+    pub(crate) fn sweep(&self) {
+        self.logicals.evict_idle(|_| false);
+        self.concretes.evict_idle(|_| false);
+        for endpoint in self.endpoints.services() {
+            endpoint.evict_expired();
+        }
+        self.endpoints.evict_idle(|e| e.evict_expired() > 0);
+    }
+}
+
+/// The route stage for a connection whose logical destination is fixed (its original
+/// destination or the listener's target): every request goes to the one concrete
+/// destination chosen when the connection was accepted. Dtab routing replaces this stage
+/// with one that names the destination per request.
+#[derive(Clone, Debug)]
+pub(crate) struct FixedRoute {
+    concrete: HttpService,
+}
+
+impl FixedRoute {
+    pub(crate) fn new(concrete: HttpService) -> Self {
+        Self { concrete }
+    }
+}
+
+impl Service<Request<RequestBody>> for FixedRoute {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.concrete.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        self.concrete.call(req)
+    }
+}
