@@ -159,3 +159,45 @@ async fn metrics_count_requests_responses_and_latency() {
     );
     assert!(text.contains("# TYPE mesh_response_latency_seconds histogram"));
 }
+
+#[tokio::test]
+async fn a_grpc_failure_in_the_trailers_counts_as_a_failure() {
+    // Responses are counted when they end: a gRPC stream whose 200 head is followed by
+    // messages and then `grpc-status: 14` in its trailers is a failure, not a success.
+    let app = App::spawn().await;
+    let proxy = proxy_with_metrics(config(app.addr())).await;
+    let mut client = mesh_test::grpc::GreeterClient::connect(proxy.outbound)
+        .await
+        .expect("connect");
+    let ok = client.say_hello_stream("fine", 2).await.expect("stream");
+    assert_eq!(ok.len(), 2);
+    let err = client
+        .say_hello_stream("break:now", 2)
+        .await
+        .expect_err("the stream breaks");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let dst = format!("dst=\"{}\"", app.addr());
+    let labels = |class: &'static str| {
+        [
+            "direction=\"outbound\"".to_owned(),
+            dst.clone(),
+            "status_code=\"200\"".to_owned(),
+            format!("classification=\"{class}\""),
+        ]
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(proxy.admin).await;
+        let count = |class| {
+            let l = labels(class);
+            let l: Vec<&str> = l.iter().map(String::as_str).collect();
+            sample(&text, "mesh_response_total", &l)
+        };
+        if count("failure") == Some(1.0) {
+            assert_eq!(count("success"), Some(1.0), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failure counted: {text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -13,6 +13,8 @@
 //!
 //! A name of `""` answers `INVALID_ARGUMENT`; a name starting with `fail:` answers
 //! `NOT_FOUND` with the rest as the message, so tests can check error statuses end to end.
+//! A stream for a name starting with `break:` sends its replies, then ends with
+//! `UNAVAILABLE` in the trailers (a failure only the trailers tell).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -88,11 +90,14 @@ impl tonic::server::ServerStreamingService<HelloRequest> for SayHelloStream {
             let HelloRequest { name, count } = req.into_inner();
             check(&name)?;
             let count = if count == 0 { 3 } else { count.min(1000) };
-            let replies = (0..count).map(move |i| {
-                Ok(HelloReply {
-                    message: format!("hello {i}, {name}"),
+            let broken = name.starts_with("break:");
+            let replies = (0..count)
+                .map(move |i| {
+                    Ok(HelloReply {
+                        message: format!("hello {i}, {name}"),
+                    })
                 })
-            });
+                .chain(broken.then(|| Err(Status::unavailable("stream broke"))));
             let stream: ReplyStream = Box::pin(futures_util::stream::iter(replies));
             Ok(Response::new(stream))
         })

@@ -9,11 +9,17 @@
 //!   error response). Enums rather than boxed trait objects keep the common path free of an
 //!   allocation per request.
 //!
+//! - [`ReplayBody`]: a request body that can be sent again (retries), replaying a bounded
+//!   buffer of what it read while it streamed.
+//!
 //! The pool's hook that returns an HTTP/1 connection when its response ends lives with the
 //! pool ([`crate::client`]), which this module only wraps.
 
+mod replay;
 mod request;
 mod response;
+
+pub use self::replay::ReplayBody;
 
 pub(crate) use self::request::HoldSignal;
 pub use self::request::{BodyEnd, RequestBody, RequestBodyError};

@@ -1,0 +1,296 @@
+//! A request body that can be sent again, for retries.
+//!
+//! A retry must send the same bytes as the first attempt, but a request body is a stream
+//! read once. [`ReplayBody`] owns the one incoming body across attempts and keeps what it
+//! has read in a bounded buffer while it streams: the first attempt is never delayed by
+//! buffering, and a retry ([`ReplayBody::try_clone`]) first replays the buffer, then goes on
+//! reading the incoming body where the previous attempt stopped. A body larger than the
+//! buffer cannot be replayed: once more than `cap` bytes have been read, `try_clone` says no
+//! and the request is not retried (DESIGN.md §5: 64 KiB by default).
+//!
+//! Attempts are sequential: the incoming body is read by one attempt at a time, and an
+//! attempt that finds it being read (from another thread) waits for that read to finish.
+//!
+//! ```
+//! # async fn run() -> Result<(), mesh_core::BoxError> {
+//! use bytes::Bytes;
+//! use http_body_util::BodyExt;
+//! use mesh_core::body::{ReplayBody, RequestBody};
+//!
+//! let body = RequestBody::from_body(http_body_util::Full::new(Bytes::from_static(b"hello")));
+//! let first = ReplayBody::new(body, 64 * 1024);
+//! let retry = first.try_clone().expect("nothing read yet: replayable");
+//! assert_eq!(first.collect().await?.to_bytes(), "hello");
+//! assert_eq!(retry.collect().await?.to_bytes(), "hello");
+//! # Ok(()) }
+//! ```
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use super::{RequestBody, RequestBodyError};
+
+/// A request body shared by the attempts of one request; see the module docs.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    /// How many buffered chunks this attempt has replayed.
+    replayed: usize,
+    /// How many bytes this attempt has produced.
+    seen: usize,
+    trailers_sent: bool,
+    size_hint: SizeHint,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The incoming body, while no attempt holds it and it has not ended.
+    body: Option<RequestBody>,
+    /// Everything read so far, in order (until `overflowed`).
+    buf: Vec<Bytes>,
+    /// Bytes read from the incoming body so far.
+    read: usize,
+    cap: usize,
+    /// More than `cap` bytes were read: no further attempt can be made.
+    overflowed: bool,
+    trailers: Option<HeaderMap>,
+    /// The incoming body has ended.
+    ended: bool,
+    /// An attempt waiting for the incoming body to be let go of.
+    waiting: Option<Waker>,
+}
+
+impl ReplayBody {
+    /// Wraps `body`, keeping up to `cap` bytes of it for replay.
+    pub fn new(body: RequestBody, cap: usize) -> Self {
+        let size_hint = body.size_hint();
+        let ended = body.is_end_stream();
+        Self {
+            shared: Arc::new(Mutex::new(Shared {
+                body: Some(body),
+                buf: Vec::new(),
+                read: 0,
+                cap,
+                overflowed: false,
+                trailers: None,
+                ended,
+                waiting: None,
+            })),
+            replayed: 0,
+            seen: 0,
+            trailers_sent: false,
+            size_hint,
+        }
+    }
+
+    /// A body for another attempt, starting from the first byte; `None` once more than the
+    /// buffer's cap has been read (the request can no longer be replayed).
+    pub fn try_clone(&self) -> Option<Self> {
+        let shared = lock(&self.shared);
+        if shared.overflowed {
+            return None;
+        }
+        Some(Self {
+            shared: self.shared.clone(),
+            replayed: 0,
+            seen: 0,
+            trailers_sent: false,
+            size_hint: self.size_hint,
+        })
+    }
+
+    /// Whether another attempt is still possible.
+    pub fn is_replayable(&self) -> bool {
+        !lock(&self.shared).overflowed
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A later attempt read past the buffer of an earlier one: the bytes in between are gone.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the replay buffer; it cannot be sent again")]
+struct NotReplayable;
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = self.get_mut();
+        let mut shared = lock(&this.shared);
+        // First what earlier attempts read.
+        if let Some(chunk) = shared.buf.get(this.replayed).cloned() {
+            this.replayed += 1;
+            this.seen += chunk.len();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if this.seen < shared.read {
+            // Bytes this attempt has not sent were read past the buffer's cap: gone.
+            return Poll::Ready(Some(Err(RequestBodyError::new(NotReplayable))));
+        }
+        if shared.ended {
+            if !this.trailers_sent
+                && let Some(t) = shared.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            return Poll::Ready(None);
+        }
+        // Then the incoming body, where the last attempt stopped.
+        let Some(mut body) = shared.body.take() else {
+            shared.waiting = Some(cx.waker().clone());
+            return Poll::Pending;
+        };
+        // The lock is not held while the incoming body is polled.
+        drop(shared);
+        let polled = Pin::new(&mut body).poll_frame(cx);
+        let mut shared = lock(&this.shared);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    shared.read = shared.read.saturating_add(data.len());
+                    if shared.read > shared.cap {
+                        shared.overflowed = true;
+                        shared.buf = Vec::new();
+                    } else if !shared.overflowed {
+                        shared.buf.push(data.clone());
+                    }
+                    this.seen = shared.read;
+                    this.replayed = shared.buf.len();
+                } else if let Some(t) = frame.trailers_ref() {
+                    shared.trailers = Some(t.clone());
+                    shared.ended = true;
+                    this.trailers_sent = true;
+                }
+                if body.is_end_stream() {
+                    shared.ended = true;
+                }
+            }
+            Poll::Ready(None) => shared.ended = true,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        shared.body = Some(body);
+        // An attempt that found the body in use (polled from another thread) goes on now.
+        if let Some(w) = shared.waiting.take() {
+            w.wake();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let shared = lock(&self.shared);
+        shared.ended
+            && self.replayed >= shared.buf.len()
+            && self.seen >= shared.read
+            && (self.trailers_sent || shared.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size_hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn chunks(parts: &[&'static str]) -> RequestBody {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        RequestBody::from_body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_partial_read_is_byte_identical() {
+        let mut first = ReplayBody::new(chunks(&["ab", "cd", "ef"]), 1024);
+        let frame = first.frame().await.expect("frame").expect("ok");
+        assert_eq!(frame.into_data().expect("data"), "ab");
+        // The first attempt fails after one chunk; the retry sends everything.
+        let retry = first.try_clone().expect("replayable");
+        drop(first);
+        assert_eq!(retry.collect().await.expect("body").to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_is_not_replayed() {
+        let first = ReplayBody::new(chunks(&["0123456789", "0123456789"]), 15);
+        assert!(first.is_replayable());
+        let bytes = first
+            .try_clone()
+            .expect("clone")
+            .collect()
+            .await
+            .expect("body");
+        assert_eq!(
+            bytes.to_bytes().len(),
+            20,
+            "the attempt itself is not limited"
+        );
+        assert!(!first.is_replayable());
+        assert!(first.try_clone().is_none());
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"msg"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let body = RequestBody::from_body(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        ));
+        let first = ReplayBody::new(body, 1024);
+        let retry = first.try_clone().expect("clone");
+        let got = first.collect().await.expect("first");
+        assert_eq!(got.trailers(), Some(&trailers));
+        let got = retry.collect().await.expect("retry");
+        assert_eq!(got.trailers(), Some(&trailers));
+        assert_eq!(got.to_bytes(), "msg");
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn an_attempt_that_missed_bytes_past_the_cap_fails_rather_than_skip_them() {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            ["0123456789", "abcdefghij", "tail"]
+                .iter()
+                .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+                .collect();
+        let body = RequestBody::from_body(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        ));
+        let mut first = ReplayBody::new(body, 15);
+        // A retry made while the body was still replayable...
+        let retry = first.try_clone().expect("clone");
+        first.frame().await.expect("frame").expect("ok");
+        first.frame().await.expect("frame").expect("ok");
+        drop(first);
+        // ...finds that 20 bytes were read and only 15 could be kept.
+        let err = retry.collect().await.expect_err("not replayable");
+        assert!(err.to_string().contains("replay"), "{err}");
+    }
+}
