@@ -1,6 +1,6 @@
-//! The thin mesh binaries live in this package as `[[example]]` targets: `sidecar` and
-//! `demo`. This library holds the start-up they share: the process-wide pieces a library
-//! crate must not install — the tracing subscriber (with a filter `/log-level` can change)
+//! The thin mesh binaries live in this package as `[[example]]` targets: `sidecar`,
+//! `demo`, `meshctl` and `embedded`. This library holds the start-up they share: the
+//! process-wide pieces a library crate must not install — the tracing subscriber (with a filter `/log-level` can change)
 //! and the Prometheus metrics recorder.
 
 use anyhow::Context as _;

@@ -28,7 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::Shutdown;
-use crate::config::Config;
+use crate::config::EffectiveConfig;
 
 /// Concurrent admin connections; more are closed at accept. Idle keep-alive connections
 /// close after the 10 s header-read timeout.
@@ -72,7 +72,8 @@ where
 /// What the admin server reports on and controls.
 #[derive(Clone)]
 pub(crate) struct AdminState {
-    pub(crate) config: Arc<Config>,
+    /// The configuration in force, read on each `/config.json` (a reload swaps it).
+    pub(crate) config: EffectiveConfig,
     pub(crate) prometheus: Option<PrometheusHandle>,
     pub(crate) log: Option<Arc<dyn LogLevel>>,
     pub(crate) shutdown: Shutdown,
@@ -136,13 +137,15 @@ async fn route(
             }
         }
         ("/live", &Method::GET) => text(StatusCode::OK, "live\n"),
-        ("/config.json", &Method::GET) => match serde_json::to_string_pretty(&*state.config) {
-            Ok(json) => typed(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot render config: {e}\n"),
-            ),
-        },
+        ("/config.json", &Method::GET) => {
+            match serde_json::to_string_pretty(&*state.config.current()) {
+                Ok(json) => typed(StatusCode::OK, "application/json", json + "\n"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot render config: {e}\n"),
+                ),
+            }
+        }
         ("/log-level", &Method::GET) => match &state.log {
             Some(l) => text(StatusCode::OK, l.current() + "\n"),
             None => text(StatusCode::NOT_FOUND, "log level control not installed\n"),
@@ -228,7 +231,7 @@ mod tests {
 
     fn state() -> AdminState {
         AdminState {
-            config: Arc::new(Config::default()),
+            config: EffectiveConfig::new(crate::config::Config::default()),
             prometheus: None,
             log: None,
             shutdown: Shutdown::default(),

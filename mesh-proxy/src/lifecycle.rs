@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, AdminState, LogLevel};
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, EffectiveConfig};
 use crate::http::ServerSettings;
 use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
@@ -83,7 +83,7 @@ impl Shutdown {
 
 /// A proxy ready to bind: configuration plus the process-wide pieces the binary owns.
 pub struct Proxy {
-    config: Config,
+    config: EffectiveConfig,
     prometheus: Option<PrometheusHandle>,
     log: Option<Arc<dyn LogLevel>>,
     shutdown: Shutdown,
@@ -101,7 +101,7 @@ impl Proxy {
     /// A proxy with `config`, no metrics exposition and no log control.
     pub fn new(config: Config) -> Self {
         Self {
-            config,
+            config: EffectiveConfig::new(config),
             prometheus: None,
             log: None,
             shutdown: Shutdown::default(),
@@ -125,16 +125,23 @@ impl Proxy {
         self.shutdown.clone()
     }
 
+    /// The configuration this proxy will bind with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
     /// Binds the admin server and the enabled listeners.
     ///
     /// # Errors
     ///
     /// [`BindError`] naming the listener and address that could not be bound.
     pub async fn bind(self) -> Result<BoundProxy, BindError> {
-        let cfg = self.config;
+        // One snapshot for everything built here; the holder itself goes to the admin server
+        // and the bound proxy, where a reload will replace it.
+        let cfg = self.config.current();
         let admin = bind("admin", cfg.admin.listen).await?;
-        let outbound = bind_listener("outbound", &cfg.outbound).await?;
-        let inbound = bind_listener("inbound", &cfg.inbound).await?;
+        let outbound = bind_listener("outbound", cfg.outbound.bind_addr()).await?;
+        let inbound = bind_listener("inbound", cfg.inbound.bind_addr()).await?;
         let admin_addr = local_addr("admin", &admin, cfg.admin.listen)?;
         let outbound_addr = outbound
             .as_ref()
@@ -163,12 +170,15 @@ impl Proxy {
         let cap = cfg.limits.connection_cap();
         // One budget for both listeners: together they must stay below the fd limit.
         let conns = Arc::new(Semaphore::new(cap));
-        let make_ctx = |direction: Direction, lc: &ListenerConfig, local: SocketAddr| {
+        let make_ctx = |direction: Direction,
+                        target: Option<SocketAddr>,
+                        opaque_ports: &[u16],
+                        local: SocketAddr| {
             Arc::new(ListenerCtx {
                 direction,
                 local,
-                target: lc.target,
-                opaque_ports: lc.opaque_ports.clone(),
+                target,
+                opaque_ports: opaque_ports.to_vec(),
                 own_addrs: own_addrs.clone(),
                 detect,
                 header_timeout: cfg.limits.header_read_timeout,
@@ -183,10 +193,18 @@ impl Proxy {
         };
         let mut listeners = Vec::new();
         if let (Some((l, _)), Some(addr)) = (outbound, outbound_addr) {
-            listeners.push((l, make_ctx(Direction::Outbound, &cfg.outbound, addr)));
+            let o = &cfg.outbound;
+            listeners.push((
+                l,
+                make_ctx(Direction::Outbound, o.target, &o.opaque_ports, addr),
+            ));
         }
         if let (Some((l, _)), Some(addr)) = (inbound, inbound_addr) {
-            listeners.push((l, make_ctx(Direction::Inbound, &cfg.inbound, addr)));
+            let i = &cfg.inbound;
+            listeners.push((
+                l,
+                make_ctx(Direction::Inbound, i.target, &i.opaque_ports, addr),
+            ));
         }
         tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, max_connections = cap, "listening");
         let grace = cfg.shutdown.grace;
@@ -196,8 +214,9 @@ impl Proxy {
             outbound_addr,
             inbound_addr,
             grace,
+            config: self.config.clone(),
             admin_state: AdminState {
-                config: Arc::new(cfg),
+                config: self.config,
                 prometheus: self.prometheus,
                 log: self.log,
                 shutdown: self.shutdown.clone(),
@@ -217,11 +236,11 @@ async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Bind
 
 async fn bind_listener(
     which: &'static str,
-    lc: &ListenerConfig,
+    addr: Option<SocketAddr>,
 ) -> Result<Option<(TcpListener, SocketAddr)>, BindError> {
-    match (lc.enabled, lc.listen) {
-        (true, Some(addr)) => Ok(Some((bind(which, addr).await?, addr))),
-        _ => Ok(None),
+    match addr {
+        Some(addr) => Ok(Some((bind(which, addr).await?, addr))),
+        None => Ok(None),
     }
 }
 
@@ -244,6 +263,7 @@ pub struct BoundProxy {
     outbound_addr: Option<SocketAddr>,
     inbound_addr: Option<SocketAddr>,
     grace: Duration,
+    config: EffectiveConfig,
     admin_state: AdminState,
     shutdown: Shutdown,
 }
@@ -277,6 +297,15 @@ impl BoundProxy {
     /// The shutdown signal.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+
+    /// The configuration in force: the one `/config.json` shows.
+    ///
+    /// It is read from the holder a configuration reload replaces, so a caller that keeps
+    /// the `Arc` keeps a consistent snapshot, and a later call sees the newest configuration.
+    /// (Listener addresses and per-listener settings are fixed at [`Proxy::bind`] today.)
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
     }
 
     /// Serves until shutdown is triggered, then drains for at most the grace period.
@@ -349,4 +378,30 @@ pub async fn signal() -> std::io::Result<()> {
         _ = int.recv() => tracing::info!("received SIGINT"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn proxy_and_admin_share_one_config_holder() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut cfg = Config::default();
+        cfg.admin.listen = any;
+        cfg.outbound.listen = Some(any);
+        cfg.inbound.enabled = false;
+        let proxy = Proxy::new(cfg.clone());
+        assert_eq!(*proxy.config(), cfg);
+        let bound = proxy.bind().await.expect("bind on loopback");
+        assert_eq!(*bound.config(), cfg);
+
+        // What a reload will do: one store into the holder, seen by the proxy's accessor
+        // and by the admin server's /config.json alike.
+        let mut next = cfg.clone();
+        next.limits.response_timeout = Duration::from_secs(5);
+        bound.config.replace(next.clone());
+        assert_eq!(*bound.config(), next);
+        assert_eq!(*bound.admin_state.config.current(), next);
+    }
 }

@@ -218,14 +218,16 @@ async fn a_disabled_listener_is_not_bound() {
         let port = l.local_addr().expect("addr");
         drop(l);
         let mut cfg: Config = config(app.addr());
-        let (off, on) = if disabled == "inbound" {
-            (&mut cfg.inbound, &mut cfg.outbound)
+        // Inbound and outbound are different section types, so each branch sets its own.
+        if disabled == "inbound" {
+            cfg.inbound.enabled = false;
+            cfg.inbound.listen = Some(port);
+            cfg.outbound.enabled = true;
         } else {
-            (&mut cfg.outbound, &mut cfg.inbound)
-        };
-        off.enabled = false;
-        off.listen = Some(port);
-        on.enabled = true;
+            cfg.outbound.enabled = false;
+            cfg.outbound.listen = Some(port);
+            cfg.inbound.enabled = true;
+        }
         let bound = Proxy::new(cfg).bind().await.expect("bind");
         let (off_addr, on_addr) = if disabled == "inbound" {
             (bound.inbound_addr(), bound.outbound_addr())

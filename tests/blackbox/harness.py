@@ -65,6 +65,15 @@ def sidecar_binary() -> Path:
     return REPO_ROOT / "target" / "debug" / "examples" / "sidecar"
 
 
+def meshctl_binary() -> Path:
+    """$MESH_MESHCTL (relative to the current directory), else ``meshctl`` next to the sidecar
+    binary (both are examples of one package, built by ``cargo build --examples``)."""
+    env = os.environ.get("MESH_MESHCTL")
+    if env:
+        return Path(env).resolve()
+    return sidecar_binary().with_name("meshctl")
+
+
 def require_tool(name: str) -> str:
     """The path of an external tool; a missing tool is a test failure, never a skip."""
     path = shutil.which(name)

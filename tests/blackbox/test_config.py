@@ -1,6 +1,7 @@
 """Configuration files: bad ones stop the sidecar at start-up with a precise message; good
 ones change what the sidecar does (observed through its traffic, not read back from
-/config.json, which would only show the file was parsed)."""
+/config.json, which would only show the file was parsed). `meshctl check` judges the same files
+the same way, without starting anything."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
-from harness import REPO_ROOT, BlackboxCase, free_ports, parse_status, raw_exchange, sidecar_binary
+from harness import REPO_ROOT, BlackboxCase, free_ports, meshctl_binary, parse_status, raw_exchange, sidecar_binary
 
 # (name, file text, key or word the message must name, line, value fragment)
 # "{P}" in the text becomes a free loopback port.
 BAD_CONFIGS = [
     ("unknown_key", '[limits]\nheader_timeout = "5s"\n', "header_timeout", 2, None),
     ("unknown_section", "[nonsense]\nx = 1\n", "nonsense", 1, None),
+    # A key of the other direction (DESIGN.md §4: `router` is outbound's) is not inbound's.
+    ("key_of_the_other_listener", '[inbound]\nrouter = "default"\n', "inbound.router", 2, None),
     ("bad_duration", '[limits]\nidle_timeout = "soon"\n', "limits.idle_timeout", 2, "soon"),
     ("duration_not_a_string", "[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
     ("bad_address", '[admin]\nlisten = "nope"\n', "admin.listen", 2, "nope"),
@@ -137,3 +141,76 @@ class InvalidConfig(BlackboxCase):
         self.assertEqual(r.stdout, b"504", "the file's response_timeout is not applied: " + r.stderr.decode() + self.diag(sidecar))
         self.assertGreaterEqual(elapsed, 0.45, "answered 504 before the 500ms response timeout")
         self.assertLess(elapsed, 15, "the 504 came long after the configured 500ms response timeout")
+
+
+class MeshctlCheck(BlackboxCase):
+    """`meshctl check FILE`: exit 0 and `FILE: ok` for a valid file; exit 1 and one line naming
+    file, line, key and value for an invalid one (the BAD_CONFIGS the sidecar refuses)."""
+
+    def meshctl(self, *args: str, timeout: float = 10) -> tuple[int, str, str]:
+        binary = meshctl_binary()
+        self.assertTrue(binary.is_file(), f"meshctl binary {binary} not found (cargo build --examples)")
+        env = dict(os.environ, NO_COLOR="1")
+        for var in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE"):
+            env.pop(var, None)
+        try:
+            p = subprocess.run([str(binary), *args], capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            self.fail(f"meshctl {args} still running after {timeout}s")
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def test_sample_config_is_ok(self) -> None:
+        sample = REPO_ROOT / "examples" / "config" / "sidecar.toml"
+        rc, out, err = self.meshctl("check", str(sample))
+        self.assertEqual((rc, out, err), (0, f"{sample}: ok\n", ""))
+
+    def test_bad_config_files(self) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="blackbox-meshctl-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for name, text, key, line, value in BAD_CONFIGS:
+            with self.subTest(name):
+                (p,) = free_ports(1)
+                text = text.replace("{P}", str(p))
+                value = value.replace("{P}", str(p)) if value else value
+                path = tmp / f"{name}.toml"
+                path.write_text(text)
+                rc, out, err = self.meshctl("check", str(path))
+                self.assertEqual(rc, 1, f"{name}: meshctl check must exit 1\n{text}\nstdout: {out}\nstderr: {err}")
+                self.assertEqual(out, "", f"{name}: nothing on stdout for an invalid file")
+                self.assertEqual(len(err.splitlines()), 1, f"{name}: one error line expected\n{err}")
+                self.assertIn(f"{path}:{line}", err, f"{name}: message must name file:line\n{err}")
+                if key:
+                    self.assertIn(key, err, f"{name}: message must name the key\n{err}")
+                if value:
+                    self.assertIn(value, err, f"{name}: message must show the value\n{err}")
+
+    def test_missing_file(self) -> None:
+        path = "/nonexistent/blackbox/sidecar.toml"
+        rc, out, err = self.meshctl("check", path)
+        self.assertEqual(rc, 1, err)
+        self.assertIn(path, err)
+
+    def test_nothing_is_bound(self) -> None:
+        # Every address in the file is taken; a check that bound anything would fail on them.
+        import socket
+
+        busy = []
+        for _ in range(3):
+            s = socket.socket()
+            self.addCleanup(s.close)
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            busy.append(s.getsockname()[1])
+        admin, outbound, inbound = busy
+        tmp = Path(tempfile.mkdtemp(prefix="blackbox-meshctl-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = tmp / "busy.toml"
+        path.write_text(f'[admin]\nlisten = "127.0.0.1:{admin}"\n[outbound]\nlisten = "127.0.0.1:{outbound}"\n'
+                        f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n')
+        rc, out, err = self.meshctl("check", str(path))
+        self.assertEqual((rc, out, err), (0, f"{path}: ok\n", ""))
+
+    def test_version(self) -> None:
+        version = tomllib.loads((REPO_ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+        rc, out, err = self.meshctl("--version")
+        self.assertEqual((rc, out.strip()), (0, f"meshctl {version}"), err)

@@ -1,11 +1,16 @@
 //! Loading and validating a configuration file, with errors that point at the problem.
+//!
+//! Serde rejects what types can (syntax, unknown keys, a port out of range) with the exact
+//! span; the checks here reject what types cannot (zero timeouts, a target that loops back
+//! into the proxy), section by section and then across sections, and find the line of the
+//! key in the text.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::Config;
+use super::{ClientSettings, Config, Limits, ShutdownConfig};
 
 /// A configuration file that could not be used.
 ///
@@ -74,6 +79,21 @@ impl fmt::Display for Details {
     }
 }
 
+/// Validates a configuration file without starting anything: what `meshctl check` runs.
+///
+/// The checks are exactly those [`Config::from_file`] applies when a proxy starts from this
+/// file; nothing is bound or connected, so the file can be checked on any machine (a CI job,
+/// an operator's laptop) before it is deployed. Addresses that are valid but taken on the
+/// target machine are found only when the proxy binds them.
+///
+/// # Errors
+///
+/// [`ConfigError`] naming the file, line, key and value of the first problem, or why the
+/// file could not be read.
+pub fn check_file(path: &Path) -> Result<(), ConfigError> {
+    Config::from_file(path).map(drop)
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     ///
@@ -102,12 +122,11 @@ impl Config {
     pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| toml_error(file, text, String::new(), &e))?;
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
             toml_error(file, text, key, e.inner())
         })?;
-        cfg.fill_defaults();
         cfg.check().map_err(|(key, value, reason)| {
             let line = locate(text, key);
             // Echo the value as the file wrote it, when the file set it.
@@ -148,89 +167,30 @@ impl Config {
         })
     }
 
-    /// Checks what types alone cannot: non-zero bounds and listeners that would loop.
-    fn check(&self) -> Result<(), (&'static str, String, String)> {
-        let l = &self.limits;
-        let nonzero: [(&'static str, Duration); 5] = [
-            ("limits.header_read_timeout", l.header_read_timeout),
-            ("limits.idle_timeout", l.idle_timeout),
-            ("limits.connect_timeout", l.connect_timeout),
-            ("limits.response_timeout", l.response_timeout),
-            ("limits.detect_timeout", l.detect_timeout),
-        ];
-        for (key, d) in nonzero {
-            if d.is_zero() {
-                return Err((key, "\"0s\"".into(), "must be greater than zero".into()));
-            }
-            if d > MAX_DURATION {
-                return Err((
-                    key,
-                    format!("\"{}\"", humantime::format_duration(d)),
-                    "must be at most 30 days".into(),
-                ));
-            }
-        }
-        if l.detect_timeout > Duration::from_secs(60) {
-            return Err((
-                "limits.detect_timeout",
-                format!("\"{}\"", humantime::format_duration(l.detect_timeout)),
-                "must be at most 60s (clients of server-speaks-first protocols wait this long)"
-                    .into(),
-            ));
-        }
-        for (key, d) in [
-            ("client.idle_timeout", self.client.idle_timeout),
-            ("shutdown.grace", self.shutdown.grace),
+    /// Checks what types alone cannot: each section on its own, then the references between
+    /// sections. A new section adds its own check here.
+    fn check(&self) -> Result<(), Invalid> {
+        self.limits.check()?;
+        self.client.check()?;
+        self.shutdown.check()?;
+        self.check_listeners()
+    }
+
+    /// Listeners that would loop into each other or share an address.
+    fn check_listeners(&self) -> Result<(), Invalid> {
+        let own = [self.outbound.bind_addr(), self.inbound.bind_addr()];
+        for (key, target) in [
+            (
+                "outbound.target",
+                self.outbound.target.filter(|_| self.outbound.enabled),
+            ),
+            (
+                "inbound.target",
+                self.inbound.target.filter(|_| self.inbound.enabled),
+            ),
         ] {
-            if d > MAX_DURATION {
-                return Err((
-                    key,
-                    format!("\"{}\"", humantime::format_duration(d)),
-                    "must be at most 30 days".into(),
-                ));
-            }
-        }
-        let hb = l.max_request_header_bytes.as_u64();
-        if !(8 * 1024..=1024 * 1024).contains(&hb) {
-            return Err((
-                "limits.max_request_header_bytes",
-                hb.to_string(),
-                "must be between 8 KiB and 1 MiB".into(),
-            ));
-        }
-        let h2 = l.http2_max_header_list_bytes.as_u64();
-        if !(1024..=1024 * 1024).contains(&h2) {
-            return Err((
-                "limits.http2_max_header_list_bytes",
-                h2.to_string(),
-                "must be between 1 KiB and 1 MiB".into(),
-            ));
-        }
-        if l.http2_max_concurrent_streams == 0 {
-            return Err((
-                "limits.http2_max_concurrent_streams",
-                "0".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.client.idle_timeout.is_zero() {
-            return Err((
-                "client.idle_timeout",
-                "\"0s\"".into(),
-                "must be greater than zero".into(),
-            ));
-        }
-        for (key, lc, other) in [
-            ("outbound.target", &self.outbound, &self.inbound),
-            ("inbound.target", &self.inbound, &self.outbound),
-        ] {
-            let Some(target) = lc.target.filter(|_| lc.enabled) else {
-                continue;
-            };
-            let loops = |addr: Option<SocketAddr>, enabled: bool| {
-                enabled && addr.is_some_and(|a| same_socket(target, a))
-            };
-            if loops(lc.listen, lc.enabled) || loops(other.listen, other.enabled) {
+            let Some(target) = target else { continue };
+            if own.iter().flatten().any(|&l| same_socket(target, l)) {
                 return Err((
                     key,
                     format!("\"{target}\""),
@@ -238,23 +198,102 @@ impl Config {
                 ));
             }
         }
-        if self.outbound.enabled
-            && self.inbound.enabled
-            && self.outbound.listen == self.inbound.listen
+        if let [Some(outbound), Some(inbound)] = own
+            && outbound == inbound
         {
-            let v = self
-                .inbound
-                .listen
-                .map(|a| format!("\"{a}\""))
-                .unwrap_or_default();
             return Err((
                 "inbound.listen",
-                v,
+                format!("\"{inbound}\""),
                 "is the same address as outbound.listen".into(),
             ));
         }
         Ok(())
     }
+}
+
+/// A value types alone cannot rule out: its dotted key, the value as shown in the error
+/// when the file does not set it, and the reason.
+type Invalid = (&'static str, String, String);
+
+impl Limits {
+    fn check(&self) -> Result<(), Invalid> {
+        let nonzero: [(&'static str, Duration); 5] = [
+            ("limits.header_read_timeout", self.header_read_timeout),
+            ("limits.idle_timeout", self.idle_timeout),
+            ("limits.connect_timeout", self.connect_timeout),
+            ("limits.response_timeout", self.response_timeout),
+            ("limits.detect_timeout", self.detect_timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return Err((key, "\"0s\"".into(), "must be greater than zero".into()));
+            }
+            at_most_max(key, d)?;
+        }
+        if self.detect_timeout > Duration::from_secs(60) {
+            return Err((
+                "limits.detect_timeout",
+                format!("\"{}\"", humantime::format_duration(self.detect_timeout)),
+                "must be at most 60s (clients of server-speaks-first protocols wait this long)"
+                    .into(),
+            ));
+        }
+        let hb = self.max_request_header_bytes.as_u64();
+        if !(8 * 1024..=1024 * 1024).contains(&hb) {
+            return Err((
+                "limits.max_request_header_bytes",
+                hb.to_string(),
+                "must be between 8 KiB and 1 MiB".into(),
+            ));
+        }
+        let h2 = self.http2_max_header_list_bytes.as_u64();
+        if !(1024..=1024 * 1024).contains(&h2) {
+            return Err((
+                "limits.http2_max_header_list_bytes",
+                h2.to_string(),
+                "must be between 1 KiB and 1 MiB".into(),
+            ));
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err((
+                "limits.http2_max_concurrent_streams",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ClientSettings {
+    fn check(&self) -> Result<(), Invalid> {
+        at_most_max("client.idle_timeout", self.idle_timeout)?;
+        if self.idle_timeout.is_zero() {
+            return Err((
+                "client.idle_timeout",
+                "\"0s\"".into(),
+                "must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ShutdownConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        at_most_max("shutdown.grace", self.grace)
+    }
+}
+
+fn at_most_max(key: &'static str, d: Duration) -> Result<(), Invalid> {
+    if d > MAX_DURATION {
+        return Err((
+            key,
+            format!("\"{}\"", humantime::format_duration(d)),
+            "must be at most 30 days".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The longest duration any setting accepts; far beyond any sensible value, and far from
@@ -325,6 +364,86 @@ fn locate(text: &str, dotted: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The invalid files every loader must reject: (text, key, line, a fragment of the value).
+    /// `meshctl check` reuses them through [`check_file`].
+    const INVALID: &[(&str, &str, usize, &str)] = &[
+        ("[admin]\nlisten = \"nope\"\n", "admin.listen", 2, "nope"),
+        (
+            "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = 80\n",
+            "outbound.target",
+            3,
+            "80",
+        ),
+        (
+            "[limits]\nidle_timeout = \"soon\"\n",
+            "limits.idle_timeout",
+            2,
+            "soon",
+        ),
+        (
+            "[limits]\nmax_request_headers = 0\n",
+            "limits.max_request_headers",
+            2,
+            "0",
+        ),
+        (
+            "[limits]\nmax_request_header_bytes = \"lots\"\n",
+            "limits.max_request_header_bytes",
+            2,
+            "lots",
+        ),
+        (
+            "[limits]\nmax_request_header_bytes = \"1KiB\"\n",
+            "limits.max_request_header_bytes",
+            2,
+            "1KiB",
+        ),
+        (
+            "[limits]\nconnect_timeout = \"0s\"\n",
+            "limits.connect_timeout",
+            2,
+            "0s",
+        ),
+        (
+            "[limits]\nhttp2_max_concurrent_streams = 0\n",
+            "limits.http2_max_concurrent_streams",
+            2,
+            "0",
+        ),
+        (
+            "[limits]\nhttp2_max_concurrent_streams = -1\n",
+            "limits.http2_max_concurrent_streams",
+            2,
+            "-1",
+        ),
+        (
+            "[inbound]\nopaque_ports = [25, 70000]\n",
+            "inbound.opaque_ports[1]",
+            2,
+            "70000",
+        ),
+        ("[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
+        (
+            "[limits]\ndetect_timeout = \"500000000000y\"\n",
+            "limits.detect_timeout",
+            2,
+            "y",
+        ),
+        (
+            "[limits]\ndetect_timeout = \"2m\"\n",
+            "limits.detect_timeout",
+            2,
+            "2m",
+        ),
+        ("[shutdown]\ngrace = \"400d\"\n", "shutdown.grace", 2, "400"),
+        (
+            "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = \"127.0.0.1:4140\"\n",
+            "outbound.target",
+            3,
+            "127.0.0.1:4140",
+        ),
+    ];
+
     fn err(text: &str) -> ConfigError {
         Config::from_toml("test.toml", text).expect_err("must be rejected")
     }
@@ -357,85 +476,7 @@ mod tests {
 
     #[test]
     fn invalid_configs_name_the_key_line_and_value() {
-        // (text, key, line, a fragment of the value)
-        let table: &[(&str, &str, usize, &str)] = &[
-            ("[admin]\nlisten = \"nope\"\n", "admin.listen", 2, "nope"),
-            (
-                "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = 80\n",
-                "outbound.target",
-                3,
-                "80",
-            ),
-            (
-                "[limits]\nidle_timeout = \"soon\"\n",
-                "limits.idle_timeout",
-                2,
-                "soon",
-            ),
-            (
-                "[limits]\nmax_request_headers = 0\n",
-                "limits.max_request_headers",
-                2,
-                "0",
-            ),
-            (
-                "[limits]\nmax_request_header_bytes = \"lots\"\n",
-                "limits.max_request_header_bytes",
-                2,
-                "lots",
-            ),
-            (
-                "[limits]\nmax_request_header_bytes = \"1KiB\"\n",
-                "limits.max_request_header_bytes",
-                2,
-                "1KiB",
-            ),
-            (
-                "[limits]\nconnect_timeout = \"0s\"\n",
-                "limits.connect_timeout",
-                2,
-                "0s",
-            ),
-            (
-                "[limits]\nhttp2_max_concurrent_streams = 0\n",
-                "limits.http2_max_concurrent_streams",
-                2,
-                "0",
-            ),
-            (
-                "[limits]\nhttp2_max_concurrent_streams = -1\n",
-                "limits.http2_max_concurrent_streams",
-                2,
-                "-1",
-            ),
-            (
-                "[inbound]\nopaque_ports = [25, 70000]\n",
-                "inbound.opaque_ports[1]",
-                2,
-                "70000",
-            ),
-            ("[shutdown]\ngrace = 30\n", "shutdown.grace", 2, "30"),
-            (
-                "[limits]\ndetect_timeout = \"500000000000y\"\n",
-                "limits.detect_timeout",
-                2,
-                "y",
-            ),
-            (
-                "[limits]\ndetect_timeout = \"2m\"\n",
-                "limits.detect_timeout",
-                2,
-                "2m",
-            ),
-            ("[shutdown]\ngrace = \"400d\"\n", "shutdown.grace", 2, "400"),
-            (
-                "[outbound]\nlisten = \"127.0.0.1:4140\"\ntarget = \"127.0.0.1:4140\"\n",
-                "outbound.target",
-                3,
-                "127.0.0.1:4140",
-            ),
-        ];
-        for (text, key, line, value) in table {
+        for (text, key, line, value) in INVALID {
             let e = err(text);
             assert_eq!(e.key(), *key, "{text}: {e}");
             assert_eq!(e.line(), Some(*line), "{text}: {e}");
@@ -453,6 +494,112 @@ mod tests {
         assert!(e.to_string().contains("header_timeout"), "{e}");
         let e = err("[nonsense]\n");
         assert!(e.to_string().contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn each_listener_rejects_keys_it_does_not_have() {
+        // Keys of the other direction (DESIGN.md §4: outbound `router`, inbound `policy`),
+        // of another section, and typos: each is named with its line, never ignored.
+        for (text, key, line) in [
+            ("[inbound]\nrouter = \"default\"\n", "router", 2),
+            (
+                "[inbound]\ntarget = \"127.0.0.1:8080\"\nmax_request_headers = 10\n",
+                "max_request_headers",
+                3,
+            ),
+            (
+                "[inbound]\nlisten_addr = \"0.0.0.0:4143\"\n",
+                "listen_addr",
+                2,
+            ),
+            ("[outbound]\npolicy = \"all-authenticated\"\n", "policy", 2),
+        ] {
+            let e = err(text);
+            assert_eq!(e.line(), Some(line), "{text}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("test.toml:{line}:")), "{msg}");
+            assert!(msg.contains(key), "{text}: {msg}");
+            let section = if text.starts_with("[inbound]") {
+                "inbound"
+            } else {
+                "outbound"
+            };
+            assert!(e.key().starts_with(section), "{text}: key {:?}", e.key());
+        }
+    }
+
+    #[test]
+    fn listeners_default_per_direction() {
+        let cfg = Config::from_toml("t.toml", "[outbound]\n[inbound]\n").expect("valid");
+        assert_eq!(
+            cfg.outbound.bind_addr(),
+            Some(super::super::OUTBOUND_LISTEN)
+        );
+        assert_eq!(cfg.inbound.bind_addr(), Some(super::super::INBOUND_LISTEN));
+        let cfg = Config::from_toml("t.toml", "[inbound]\nenabled = false\n").expect("valid");
+        assert_eq!(cfg.inbound.bind_addr(), None);
+    }
+
+    /// A file under the system temp dir, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("mesh-config-{}-{name}.toml", std::process::id()));
+            std::fs::write(&path, text).expect("write temp config");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn check_file_accepts_the_sample() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/sidecar.toml");
+        check_file(&sample).expect("the sample config is valid");
+    }
+
+    #[test]
+    fn check_file_names_file_line_key_and_value() {
+        let more: &[(&str, &str, usize, &str)] = &[
+            (
+                "[limits]\nheader_timeout = \"5s\"\n",
+                "header_timeout",
+                2,
+                "",
+            ),
+            ("[inbound]\nrouter = \"default\"\n", "router", 2, ""),
+            ("[admin]\nlisten = \n", "", 2, ""),
+        ];
+        for (i, (text, key, line, value)) in INVALID.iter().chain(more).enumerate() {
+            let file = TempFile::new(&format!("check-{i}"), text);
+            let e = check_file(&file.0).expect_err("must be rejected");
+            let msg = e.to_string();
+            let at = format!("{}:{line}:", file.0.display());
+            assert!(
+                msg.starts_with(&at),
+                "{text}: {msg} does not start with {at}"
+            );
+            assert!(msg.contains(key), "{text}: {msg}");
+            assert!(msg.contains(value), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn check_file_names_a_missing_file() {
+        let path = Path::new("/nonexistent/mesh/sidecar.toml");
+        let e = check_file(path).expect_err("missing file");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/mesh/sidecar.toml: "),
+            "{e}"
+        );
+        assert!(e.reason().contains("cannot read"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Every section and key has a documented default, so an empty file is a working sidecar
 //! (DESIGN.md §1 ports, §5 limits). Unknown keys are errors, not silently ignored: a typo in
 //! a limit must not leave the proxy running on a default the operator meant to change.
-//! [`Config::from_toml`] reports the file, line, key and value of the first problem.
+//! [`Config::from_toml`] reports the file, line, key and value of the first problem;
+//! [`check_file`] is the same check for a file on disk, and what `meshctl check` runs.
 //!
 //! ```
 //! let cfg = mesh_proxy::config::Config::from_toml(
@@ -17,29 +18,67 @@
 //! ).unwrap();
 //! assert_eq!(cfg.limits.header_read_timeout.as_secs(), 5);
 //! ```
+//!
+//! # Sections
+//!
+//! One type per TOML section, each `#[serde(default, deny_unknown_fields)]` with its
+//! defaults next to its fields: [`AdminConfig`], [`OutboundConfig`], [`InboundConfig`],
+//! [`Limits`], [`ClientSettings`], [`ShutdownConfig`]. Inbound and outbound are separate
+//! types because they grow apart (see DESIGN.md §4): a key valid in one is an error in the
+//! other. Validation that types cannot express runs per section, then across sections
+//! (a target that loops back into a listener), in `load.rs`.
+//!
+//! The sections still to come each arrive as one new field of [`Config`] (which is
+//! `#[non_exhaustive]`, so adding one breaks no caller), its own type, and one line in the
+//! per-section check:
+//!
+//! - `[identity]` — `identity: Option<IdentityConfig>`; absent means plaintext.
+//! - `[routers.<name>]` — `routers: BTreeMap<String, RouterConfig>` (identifier, dtab, and
+//!   per-service settings nested under `[routers.<name>.service."<path>"]`); `[outbound]`
+//!   gains `router = "<name>"`, checked across sections to name a configured router.
+//! - `[namers.<name>]` — `namers: BTreeMap<String, NamerConfig>`, shared by every router.
+//! - `[inbound]` gains `policy`, the authorization its peers must satisfy.
+//!
+//! # The effective configuration
+//!
+//! A running proxy holds its configuration in one place, shared by the listeners' owner
+//! ([`BoundProxy`](crate::BoundProxy)) and the admin server's `/config.json`: an
+//! [`ArcSwap`], so that a reload can replace the whole configuration with one atomic store.
+//! Readers see the old or the new file, never a mix, and never wait on a lock.
+//! [`BoundProxy::config`](crate::BoundProxy::config) returns the one in force.
 
+mod listeners;
 mod load;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-pub use self::load::ConfigError;
+pub use self::listeners::{
+    INBOUND_LISTEN, InboundConfig, OUTBOUND_LISTEN, OutboundConfig, default_opaque_ports,
+};
 pub(crate) use self::load::same_socket;
+pub use self::load::{ConfigError, check_file};
 
 /// The whole configuration of one proxy process.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+///
+/// Build one with [`Config::default`] (then set fields) or load one with
+/// [`Config::from_file`]; new sections are added as new fields, hence `#[non_exhaustive]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// The admin server.
     pub admin: AdminConfig,
     /// The outbound listener: traffic from the local app to the mesh.
-    pub outbound: ListenerConfig,
+    pub outbound: OutboundConfig,
     /// The inbound listener: traffic from the mesh to the local app.
-    pub inbound: ListenerConfig,
+    pub inbound: InboundConfig,
     /// Safety limits shared by both listeners.
     pub limits: Limits,
     /// Upstream connection reuse.
@@ -48,33 +87,30 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            admin: AdminConfig::default(),
-            outbound: ListenerConfig::outbound(),
-            inbound: ListenerConfig::inbound(),
-            limits: Limits::default(),
-            client: ClientSettings::default(),
-            shutdown: ShutdownConfig::default(),
-        }
+/// The configuration in force, shared by a proxy and its admin server.
+///
+/// This is the holder a reload swaps: one [`ArcSwap`], replaced as a whole. A reader that
+/// needs several values takes one snapshot with [`current`](Self::current) and reads them
+/// all from it, so it never combines values from two files.
+#[derive(Clone, Debug)]
+pub(crate) struct EffectiveConfig(Arc<ArcSwap<Config>>);
+
+impl EffectiveConfig {
+    pub(crate) fn new(config: Config) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(config)))
+    }
+
+    /// A snapshot of the configuration in force.
+    pub(crate) fn current(&self) -> Arc<Config> {
+        self.0.load_full()
+    }
+
+    /// Replaces the configuration in force, as a reload will (tests only until reload lands).
+    #[cfg(test)]
+    pub(crate) fn replace(&self, config: Config) {
+        self.0.store(Arc::new(config));
     }
 }
-
-impl Config {
-    /// Fills listener addresses left out of a file with their per-direction defaults.
-    pub(crate) fn fill_defaults(&mut self) {
-        self.outbound.listen.get_or_insert(OUTBOUND_LISTEN);
-        self.inbound.listen.get_or_insert(INBOUND_LISTEN);
-    }
-}
-
-/// The default outbound listener address, `127.0.0.1:4140`.
-pub const OUTBOUND_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4140);
-/// The default inbound listener address, `0.0.0.0:4143`.
-pub const INBOUND_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4143);
 
 /// The admin server (`/metrics`, `/ready`, `/live`, `/config.json`, `/log-level`,
 /// `/shutdown`).
@@ -89,63 +125,6 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4191)),
-        }
-    }
-}
-
-/// One proxy listener (inbound or outbound).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Whether the listener runs. Default: true.
-    pub enabled: bool,
-    /// Where it listens. Default: `127.0.0.1:4140` (outbound), `0.0.0.0:4143` (inbound).
-    pub listen: Option<SocketAddr>,
-    /// Where connections go when they carry no original destination (no iptables
-    /// redirect). Default: none — such connections are refused with a log line.
-    pub target: Option<SocketAddr>,
-    /// Destination ports forwarded as opaque TCP without protocol detection: protocols
-    /// where the server speaks first would otherwise wait for the detect timeout.
-    /// Default: 21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379, 9300, 11211.
-    pub opaque_ports: Vec<u16>,
-}
-
-/// The default opaque ports: FTP, SSH, SMTP, POP3, IMAP, submission, MySQL, Galera,
-/// PostgreSQL, Redis, Elasticsearch transport, memcached (Linkerd's list plus the common
-/// server-speaks-first mail and file protocols).
-pub fn default_opaque_ports() -> Vec<u16> {
-    vec![
-        21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379, 9300, 11211,
-    ]
-}
-
-impl ListenerConfig {
-    /// The default outbound listener, `127.0.0.1:4140`.
-    pub fn outbound() -> Self {
-        Self {
-            listen: Some(OUTBOUND_LISTEN),
-            ..Self::default()
-        }
-    }
-
-    /// The default inbound listener, `0.0.0.0:4143`.
-    pub fn inbound() -> Self {
-        Self {
-            listen: Some(INBOUND_LISTEN),
-            ..Self::default()
-        }
-    }
-}
-
-/// A listener section left without `listen` gets its direction's address when the file is
-/// loaded ([`Config::from_toml`]).
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: None,
-            target: None,
-            opaque_ports: default_opaque_ports(),
         }
     }
 }
