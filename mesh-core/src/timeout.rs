@@ -86,11 +86,13 @@ where
     type Error = BoxError;
     type Future = future::ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Readiness is not timed: a balancer's fail-fast bounds waiting for an endpoint.
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         future::ResponseFuture::new(
             self.inner.call(req),
@@ -165,6 +167,7 @@ pub mod future {
     {
         type Output = Result<T, BoxError>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             if let Poll::Ready(res) = this.inner.poll(cx) {

@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::headers::wants_upgrade;
+use crate::headers::{has_hop_by_hop, wants_upgrade};
 
 /// Runs a tunnel between an upgraded client connection and its upstream.
 pub trait Tunnel: Send + Sync {
@@ -69,13 +69,18 @@ where
     type Error = S::Error;
     type Future = future::ResponseFuture<S::Future, T>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let upgrade = req.version() <= Version::HTTP_11 && wants_upgrade(req.headers());
         let connect = req.method() == Method::CONNECT;
+        let upgrade = !connect
+            && req.version() <= Version::HTTP_11
+            && has_hop_by_hop(req.headers())
+            && wants_upgrade(req.headers());
         let pending = if upgrade || connect {
             // Only requests that may upgrade pay for the tunnel handle.
             Some(Pending {
@@ -142,6 +147,7 @@ pub mod future {
     {
         type Output = Result<Response<RB>, E>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             let mut res = match this.inner.poll(cx) {

@@ -62,10 +62,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let timeout = self.timeout;
         let dst = self.dst.clone();
@@ -81,7 +83,9 @@ where
         match req.extensions_mut().remove::<StreamBody>() {
             None => ResponseFuture::Timed {
                 inner: self.inner.call(req),
-                sleep: tokio::time::sleep(timeout),
+                // Boxed: a timer is large, and this future is nested inside every layer
+                // above it, HTTP/1 requests' included.
+                sleep: Box::pin(tokio::time::sleep(timeout)),
                 dst,
                 timeout,
             },
@@ -121,7 +125,7 @@ pin_project! {
         /// HTTP/1: the connection watchdog keeps the time.
         Watched { #[pin] inner: F, conn: Arc<ConnState>, dst: Arc<str>, timeout: Duration },
         /// An HTTP/2 stream without a body: a timer from now.
-        Timed { #[pin] inner: F, #[pin] sleep: Sleep, dst: Arc<str>, timeout: Duration },
+        Timed { #[pin] inner: F, sleep: Pin<Box<Sleep>>, dst: Arc<str>, timeout: Duration },
         /// An HTTP/2 stream with a body: a timer from its end (or its stall).
         AfterBody {
             #[pin] inner: F,
@@ -139,6 +143,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (late, dst, timeout) = match self.project() {
             Proj::Watched {
@@ -166,7 +171,7 @@ where
                 if let Poll::Ready(res) = inner.poll(cx) {
                     return Poll::Ready(res.map_err(Into::into));
                 }
-                (sleep.poll(cx).is_ready(), dst, timeout)
+                (sleep.as_mut().poll(cx).is_ready(), dst, timeout)
             }
             Proj::AfterBody {
                 inner,

@@ -9,6 +9,7 @@
 //! its next response — and hands the request to the stack that `outbound.rs` or
 //! `inbound.rs` built for the connection.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -25,6 +27,7 @@ use mesh_core::body::RequestBody;
 use mesh_core::metrics::RecordBody;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
+use tower::util::Oneshot;
 use tower_service::Service;
 
 use crate::config::Limits;
@@ -76,15 +79,22 @@ impl ServerSettings {
 pub(crate) type StackResponse = Response<RecordBody<ProxyBody>>;
 
 /// Adapts a connection's request stack to hyper, doing the connection's bookkeeping.
+///
+/// hyper calls a service through `&self`; tower's take `&mut self`. The stack belongs to
+/// this one connection, so it sits in a `RefCell` and is called in place: no clone of the
+/// stack per request.
 #[derive(Debug)]
 pub(crate) struct ConnService<S> {
-    stack: S,
+    stack: RefCell<S>,
     conn: Arc<ConnState>,
 }
 
 impl<S> ConnService<S> {
     pub(crate) fn new(stack: S, conn: Arc<ConnState>) -> Self {
-        Self { stack, conn }
+        Self {
+            stack: RefCell::new(stack),
+            conn,
+        }
     }
 }
 
@@ -98,7 +108,7 @@ where
 {
     type Response = Response<ServerBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ServerBody>, Infallible>> + Send>>;
+    type Future = ConnFuture<S::Future, Pin<Box<Oneshot<S, Request<RequestBody>>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // The body is wrapped at once, so its end is reported even if this future is dropped
@@ -120,28 +130,55 @@ where
         // request), so the request enters the stack now, while its head is current (the
         // framing checks read what the connection saw of it). A stage that ever waits for
         // readiness is awaited inside the response future instead.
-        let mut stack = self.stack.clone();
-        let mut noop = Context::from_waker(Waker::noop());
-        let res = match stack.poll_ready(&mut noop) {
-            Poll::Ready(Ok(())) => futures_util::future::Either::Left(stack.call(req)),
+        let mut stack = self.stack.borrow_mut();
+        let inner = match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
             Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => futures_util::future::Either::Right(stack.oneshot(req)),
+            // Boxed: it holds a whole stack and request, and never happens today; inline it
+            // would make every request's future that large.
+            Poll::Pending => Either::Right(Box::pin(stack.clone().oneshot(req))),
         };
-        Box::pin(async move {
-            let Ok(mut res) = res.await;
-            if desynced && !h2 {
-                // An earlier request body was abandoned mid-way, so this head was found by
-                // hyper without the proxy's checks: answer it, then close.
-                res.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok(res.map(|body| ServerBody {
-                inner: body,
-                _guard: guard,
-            }))
-        })
+        ConnFuture {
+            inner,
+            guard: Some(guard),
+            close: desynced && !h2,
+        }
+    }
+}
+
+pin_project! {
+    /// The response of one request, with the connection's bookkeeping attached to its body.
+    pub(crate) struct ConnFuture<F, G> {
+        #[pin]
+        inner: Either<F, G>,
+        guard: Option<RequestGuard>,
+        // An earlier request body was abandoned mid-way, so this head was found by hyper
+        // without the proxy's checks: answer it, then close.
+        close: bool,
+    }
+}
+
+impl<F, G> Future for ConnFuture<F, G>
+where
+    F: Future<Output = Result<StackResponse, Infallible>>,
+    G: Future<Output = Result<StackResponse, Infallible>>,
+{
+    type Output = Result<Response<ServerBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut res) = std::task::ready!(this.inner.poll(cx));
+        if *this.close {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        let guard = this.guard.take();
+        Poll::Ready(Ok(res.map(|body| ServerBody {
+            inner: body,
+            _guard: guard,
+        })))
     }
 }
 
@@ -152,7 +189,7 @@ pin_project! {
     pub(crate) struct ServerBody {
         #[pin]
         inner: RecordBody<ProxyBody>,
-        _guard: RequestGuard,
+        _guard: Option<RequestGuard>,
     }
 }
 

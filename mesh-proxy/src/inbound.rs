@@ -22,7 +22,7 @@ use crate::checks::RequestChecks;
 use crate::conn::ConnState;
 use crate::deadline::ResponseDeadline;
 use crate::http::StackResponse;
-use crate::stack::{FixedRoute, HttpService, LogicalTarget, Targets};
+use crate::stack::{ConcreteStack, FixedRoute, LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
 /// The header that carries the verified identity of an inbound peer to the application.
@@ -41,7 +41,7 @@ pub(crate) fn http_stack(
 + 'static {
     // Per endpoint and per concrete destination (cached): the local application's client.
     let app = targets.concrete(&Concrete::from(addr), |_| {
-        HttpService::new(targets.endpoint(&Endpoint::from(addr)))
+        ConcreteStack::Forward(targets.endpoint(&Endpoint::from(addr)))
     });
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()

@@ -23,7 +23,7 @@ use crate::checks::RequestChecks;
 use crate::conn::ConnState;
 use crate::deadline::ResponseDeadline;
 use crate::http::StackResponse;
-use crate::stack::{FixedRoute, HttpService, LogicalTarget, Targets};
+use crate::stack::{ConcreteStack, FixedRoute, LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
 /// The outbound request stack of one client connection whose destination is `addr`.
@@ -42,7 +42,7 @@ pub(crate) fn http_stack(
     // Stage 2, per concrete destination (cached): today the endpoint itself; retries,
     // per-route timeouts and the balancer over discovered endpoints go here.
     let concrete = targets.concrete(&Concrete::from(addr), |_| {
-        HttpService::new(targets.endpoint(&Endpoint::from(addr)))
+        ConcreteStack::Forward(targets.endpoint(&Endpoint::from(addr)))
     });
     // Stage 1, the route, under the connection's server-side layers, outermost first.
     let dst = logical.logical.text().clone();

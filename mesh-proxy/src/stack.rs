@@ -25,7 +25,6 @@ use mesh_core::connect::TcpConnect;
 use mesh_core::errors::RespondLayer;
 use mesh_core::metrics::{HttpMetrics, TcpMetrics};
 use mesh_core::target::{Concrete, Endpoint, Logical};
-use tower::util::BoxCloneSyncService;
 use tower_service::Service;
 
 use crate::Direction;
@@ -36,9 +35,41 @@ pub(crate) const MAX_TARGETS: usize = 10_000;
 /// How long a target nobody looks up stays cached.
 pub(crate) const TARGET_IDLE: Duration = Duration::from_secs(60);
 
-/// A request service at a stage boundary.
-pub(crate) type HttpService =
-    BoxCloneSyncService<Request<RequestBody>, Response<ProxyBody>, BoxError>;
+/// The response future at a stage boundary.
+pub(crate) type BoxResponse =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+/// The per-concrete-destination stage: one variant per shape it can take, one `match`.
+///
+/// An enum rather than a boxed trait object: cloning it (once per request, by the route
+/// stage) is a reference-count increment, not an allocation, and calling it costs the one
+/// boxed future of its inner service. Retries, per-route timeouts and the balancer add
+/// variants.
+#[derive(Clone, Debug)]
+pub(crate) enum ConcreteStack {
+    /// One endpoint, forwarded to directly (a destination named by its address).
+    Forward(HttpEndpoint),
+}
+
+impl Service<Request<RequestBody>> for ConcreteStack {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxResponse;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            ConcreteStack::Forward(endpoint) => endpoint.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<RequestBody>) -> BoxResponse {
+        match self {
+            ConcreteStack::Forward(endpoint) => endpoint.call(req),
+        }
+    }
+}
 
 /// What a listener keeps per logical destination.
 #[derive(Debug)]
@@ -57,7 +88,7 @@ pub(crate) struct Targets {
     connect: TcpConnect,
     client: ClientConfig,
     logicals: Cache<Logical, Arc<LogicalTarget>>,
-    concretes: Cache<Concrete, HttpService>,
+    concretes: Cache<Concrete, ConcreteStack>,
     endpoints: Cache<Endpoint, HttpEndpoint>,
 }
 
@@ -97,8 +128,8 @@ impl Targets {
     pub(crate) fn concrete(
         &self,
         concrete: &Concrete,
-        build: impl FnOnce(&Concrete) -> HttpService,
-    ) -> HttpService {
+        build: impl FnOnce(&Concrete) -> ConcreteStack,
+    ) -> ConcreteStack {
         self.concretes.get_or_build(concrete, build)
     }
 
@@ -126,11 +157,11 @@ impl Targets {
 /// with one that names the destination per request.
 #[derive(Clone, Debug)]
 pub(crate) struct FixedRoute {
-    concrete: HttpService,
+    concrete: ConcreteStack,
 }
 
 impl FixedRoute {
-    pub(crate) fn new(concrete: HttpService) -> Self {
+    pub(crate) fn new(concrete: ConcreteStack) -> Self {
         Self { concrete }
     }
 }
@@ -138,12 +169,14 @@ impl FixedRoute {
 impl Service<Request<RequestBody>> for FixedRoute {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+    type Future = BoxResponse;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.concrete.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         self.concrete.call(req)
     }

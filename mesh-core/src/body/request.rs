@@ -91,8 +91,9 @@ pin_project! {
         #[pin]
         kind: Kind,
         on_end: Option<EndGuard>,
-        // Holds the body back until the upstream asks for it (`Expect: 100-continue`).
-        hold: Option<Hold>,
+        // Holds the body back until the upstream asks for it (`Expect: 100-continue`);
+        // boxed, as it is rare and every request moves this struct several times.
+        hold: Option<Box<Hold>>,
     }
 }
 
@@ -217,11 +218,11 @@ impl RequestBody {
     /// Holds the body back until the returned signal releases it, or `wait` passes.
     pub(crate) fn hold(&mut self, wait: Duration) -> Arc<HoldSignal> {
         let signal = Arc::new(HoldSignal::default());
-        self.hold = Some(Hold {
+        self.hold = Some(Box::new(Hold {
             signal: signal.clone(),
             wait,
             timer: None,
-        });
+        }));
         signal
     }
 }

@@ -66,6 +66,7 @@ where
     type Error = Infallible;
     type Future = future::ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A service that cannot become ready fails each request instead (see `call`).
         match self.inner.poll_ready(cx) {
@@ -78,6 +79,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         future::ResponseFuture {
             grpc: is_grpc(req.headers()),
@@ -155,6 +157,7 @@ pub mod future {
     {
         type Output = Result<Response<ProxyBody>, Infallible>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             match this.inner.poll(cx) {

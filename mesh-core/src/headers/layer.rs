@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{strip_hop_by_hop, wants_upgrade};
+use super::{has_hop_by_hop, strip_hop_by_hop, wants_upgrade};
 
 /// Removes hop-by-hop headers from requests and responses of the inner service.
 #[derive(Clone, Debug)]
@@ -51,13 +51,22 @@ where
     type Error = S::Error;
     type Future = future::ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let upgrade = req.version() <= Version::HTTP_11 && wants_upgrade(req.headers());
-        strip_hop_by_hop(req.headers_mut(), upgrade);
+        // An upgrade needs `Connection` and `Upgrade`: without any hop-by-hop field there is
+        // neither, and nothing to strip.
+        let upgrade = if has_hop_by_hop(req.headers()) {
+            let upgrade = req.version() <= Version::HTTP_11 && wants_upgrade(req.headers());
+            strip_hop_by_hop(req.headers_mut(), upgrade);
+            upgrade
+        } else {
+            false
+        };
         future::ResponseFuture {
             inner: self.inner.call(req),
             upgrade,
@@ -104,6 +113,7 @@ pub mod future {
     {
         type Output = Result<Response<RB>, E>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             let mut res = match this.inner.poll(cx) {

@@ -42,20 +42,23 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Removes hop-by-hop headers in place. With `upgrade`, the headers that carry the upgrade
-/// request or its `101` answer are kept.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // The common case has no hop-by-hop field at all: one pass over the names (cheap
-    // comparisons for standard headers) instead of a hashed removal per field.
-    let any = headers.keys().any(|k| {
+/// Whether any hop-by-hop field is present. The common case has none: one pass over the
+/// names (cheap comparisons for standard headers) instead of a hashed lookup per field.
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| {
         k == CONNECTION
             || k == TE
             || k == TRANSFER_ENCODING
             || k == UPGRADE
             || k == KEEP_ALIVE
             || k == PROXY_CONNECTION
-    });
-    if !any {
+    })
+}
+
+/// Removes hop-by-hop headers in place. With `upgrade`, the headers that carry the upgrade
+/// request or its `101` answer are kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if !has_hop_by_hop(headers) {
         return;
     }
     if headers.contains_key(CONNECTION) {

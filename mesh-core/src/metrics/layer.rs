@@ -63,10 +63,12 @@ where
     type Error = S::Error;
     type Future = future::ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.metrics.request();
         let classify = Classify::for_request(req.headers());
@@ -130,6 +132,7 @@ pub mod future {
     {
         type Output = Result<Response<RecordBody<RB>>, E>;
 
+        #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             let res = match this.inner.poll(cx) {
