@@ -312,8 +312,15 @@ fn toml_error(file: &str, text: &str, key: String, e: &toml::de::Error) -> Confi
     let (line, column, value) = match e.span() {
         Some(span) => {
             let (line, column) = position(text, span.start);
-            let value = text
-                .get(span.clone())
+            // A span on a key (an unknown field) points at the key; the value is what the
+            // line assigns to it.
+            let rest = text
+                .get(span.end..)
+                .and_then(|r| r.lines().next())
+                .and_then(|r| r.trim_start().strip_prefix('='))
+                .map(|v| v.split(" #").next().unwrap_or(v));
+            let value = rest
+                .or_else(|| text.get(span.clone()))
                 .map(|v| v.trim().chars().take(120).collect::<String>());
             (
                 Some(line),
