@@ -7,8 +7,8 @@
 //! connection's idle timeout guards.
 //!
 //! It sits per concrete destination (DESIGN.md §3), inside retries so that each attempt gets
-//! its own deadline, and outside the balancer so that time spent waiting for a ready endpoint
-//! counts. A per-route timeout is this layer with the route's duration: each request gets a
+//! its own deadline. Readiness is not timed: waiting for a ready endpoint is bounded by the
+//! balancer's own fail-fast. A per-route timeout is this layer with the route's duration: each request gets a
 //! timer of its own, exact to the millisecond. (The proxy's listener-wide HTTP/1 response
 //! timeout is enforced by the connection watchdog instead, without a timer per request.)
 //!

@@ -40,9 +40,8 @@ pub(crate) fn http_stack(
 + Send
 + 'static {
     // Per endpoint and per concrete destination (cached): the local application's client.
-    let app = targets.concrete(&Concrete::from(addr), |_| {
-        ConcreteStack::Forward(targets.endpoint(&Endpoint::from(addr)))
-    });
+    let endpoint = targets.endpoint(&Endpoint::from(addr));
+    let app = targets.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint));
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
         .layer(RecordHttpLayer::new(logical.http.clone()))

@@ -160,6 +160,9 @@ impl Proxy {
         let client = ClientConfig {
             max_idle_per_endpoint: cfg.client.max_idle_per_endpoint,
             idle_timeout: cfg.client.idle_timeout,
+            // A held `Expect: 100-continue` body makes no progress, so it must go before the
+            // response timeout would take it for a stalled upload.
+            continue_wait: Duration::from_secs(1).min(cfg.limits.response_timeout / 2),
             ..ClientConfig::default()
         };
         let server = ServerSettings::new(&cfg.limits);

@@ -41,9 +41,10 @@ pub(crate) fn http_stack(
     // connection — over the connect stack (plain TCP; mTLS wraps it).
     // Stage 2, per concrete destination (cached): today the endpoint itself; retries,
     // per-route timeouts and the balancer over discovered endpoints go here.
-    let concrete = targets.concrete(&Concrete::from(addr), |_| {
-        ConcreteStack::Forward(targets.endpoint(&Endpoint::from(addr)))
-    });
+    // (Looked up on every connection, not only when the concrete stage is built, so the
+    // endpoint stays cached — and its idle connections swept — while it is in use.)
+    let endpoint = targets.endpoint(&Endpoint::from(addr));
+    let concrete = targets.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint));
     // Stage 1, the route, under the connection's server-side layers, outermost first.
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()

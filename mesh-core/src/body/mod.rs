@@ -19,7 +19,7 @@ mod replay;
 mod request;
 mod response;
 
-pub use self::replay::ReplayBody;
+pub use self::replay::{NotReplayable, ReplayBody};
 
 pub(crate) use self::request::HoldSignal;
 pub use self::request::{BodyEnd, RequestBody, RequestBodyError};

@@ -8,8 +8,9 @@
 //! buffer cannot be replayed: once more than `cap` bytes have been read, `try_clone` says no
 //! and the request is not retried (DESIGN.md §5: 64 KiB by default).
 //!
-//! Attempts are sequential: the incoming body is read by one attempt at a time, and an
-//! attempt that finds it being read (from another thread) waits for that read to finish.
+//! The incoming body is read by one attempt at a time; an attempt that finds it being read,
+//! or still waiting for the client, is woken when it moves. A body that failed under one
+//! attempt fails every later one (never a clean, shortened end).
 //!
 //! ```
 //! # async fn run() -> Result<(), mesh_core::BoxError> {
@@ -34,6 +35,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::{RequestBody, RequestBodyError};
+use crate::BoxError;
 
 /// A request body shared by the attempts of one request; see the module docs.
 #[derive(Debug)]
@@ -61,8 +63,10 @@ struct Shared {
     trailers: Option<HeaderMap>,
     /// The incoming body has ended.
     ended: bool,
-    /// An attempt waiting for the incoming body to be let go of.
-    waiting: Option<Waker>,
+    /// The incoming body failed: no attempt can complete it.
+    failed: bool,
+    /// Attempts waiting for the incoming body to move (it wakes only its last poller).
+    waiting: Vec<Waker>,
 }
 
 impl ReplayBody {
@@ -79,7 +83,8 @@ impl ReplayBody {
                 overflowed: false,
                 trailers: None,
                 ended,
-                waiting: None,
+                failed: false,
+                waiting: Vec::new(),
             })),
             replayed: 0,
             seen: 0,
@@ -114,19 +119,33 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A later attempt read past the buffer of an earlier one: the bytes in between are gone.
+/// An attempt needs bytes that were read past the replay buffer's cap: they are gone, and
+/// the request cannot be sent again. Not the client's fault (a retry policy checks
+/// [`ReplayBody::is_replayable`] before retrying); answered like an unavailable upstream.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than the replay buffer; it cannot be sent again")]
-struct NotReplayable;
+pub struct NotReplayable;
+
+/// The client's body failed under an earlier attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body failed during an earlier attempt")]
+struct EarlierFailure;
+
+/// Adds `waker` to `waiting` unless an equivalent one is there.
+fn register(waiting: &mut Vec<Waker>, waker: &Waker) {
+    if !waiting.iter().any(|w| w.will_wake(waker)) {
+        waiting.push(waker.clone());
+    }
+}
 
 impl Body for ReplayBody {
     type Data = Bytes;
-    type Error = RequestBodyError;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut shared = lock(&this.shared);
         // First what earlier attempts read.
@@ -137,7 +156,11 @@ impl Body for ReplayBody {
         }
         if this.seen < shared.read {
             // Bytes this attempt has not sent were read past the buffer's cap: gone.
-            return Poll::Ready(Some(Err(RequestBodyError::new(NotReplayable))));
+            return Poll::Ready(Some(Err(NotReplayable.into())));
+        }
+        if shared.failed {
+            // The client's body broke under an earlier attempt: never end this one cleanly.
+            return Poll::Ready(Some(Err(RequestBodyError::new(EarlierFailure).into())));
         }
         if shared.ended {
             if !this.trailers_sent
@@ -150,7 +173,7 @@ impl Body for ReplayBody {
         }
         // Then the incoming body, where the last attempt stopped.
         let Some(mut body) = shared.body.take() else {
-            shared.waiting = Some(cx.waker().clone());
+            register(&mut shared.waiting, cx.waker());
             return Poll::Pending;
         };
         // The lock is not held while the incoming body is polled.
@@ -179,14 +202,18 @@ impl Body for ReplayBody {
                 }
             }
             Poll::Ready(None) => shared.ended = true,
-            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => shared.failed = true,
+            // The incoming body wakes only this attempt: keep the others' wakers too.
+            Poll::Pending => register(&mut shared.waiting, cx.waker()),
         }
         shared.body = Some(body);
-        // An attempt that found the body in use (polled from another thread) goes on now.
-        if let Some(w) = shared.waiting.take() {
-            w.wake();
+        if polled.is_ready() {
+            // Whatever moved, every other attempt can look again.
+            for w in shared.waiting.drain(..) {
+                w.wake();
+            }
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -292,5 +319,35 @@ mod more_tests {
         // ...finds that 20 bytes were read and only 15 could be kept.
         let err = retry.collect().await.expect_err("not replayable");
         assert!(err.to_string().contains("replay"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_body_that_failed_fails_every_later_attempt() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err("client reset".into()),
+        ];
+        let body = RequestBody::from_body(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        ));
+        let first = ReplayBody::new(body, 1024);
+        let retry = first.try_clone().expect("clone");
+        first.collect().await.expect_err("the client's body broke");
+        // Not a clean, shortened "part".
+        let err = retry.collect().await.expect_err("still broken");
+        assert!(err.to_string().contains("earlier attempt"), "{err}");
+    }
+
+    #[test]
+    fn a_body_past_the_cap_is_the_destinations_failure_not_the_clients() {
+        let c = crate::errors::classify(&NotReplayable);
+        assert_eq!(c.status, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!c.close);
     }
 }

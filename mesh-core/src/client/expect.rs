@@ -18,12 +18,12 @@ use http::{Request, StatusCode, Version};
 use crate::body::HoldSignal;
 use crate::body::RequestBody;
 
-/// How long a held body waits for the upstream's `100 Continue` before going anyway.
-pub(crate) const CONTINUE_WAIT: Duration = Duration::from_secs(1);
-
 /// Holds an HTTP/1 request body that expects `100-continue`; the returned signal is refused
 /// when the final response arrives first.
-pub(crate) fn hold_for_continue(req: &mut Request<RequestBody>) -> Option<Arc<HoldSignal>> {
+pub(crate) fn hold_for_continue(
+    req: &mut Request<RequestBody>,
+    wait: Duration,
+) -> Option<Arc<HoldSignal>> {
     use http_body::Body as _;
     let expects = req.version() == Version::HTTP_11
         && !req.body().is_end_stream()
@@ -34,7 +34,7 @@ pub(crate) fn hold_for_continue(req: &mut Request<RequestBody>) -> Option<Arc<Ho
     if !expects {
         return None;
     }
-    let signal = req.body_mut().hold(CONTINUE_WAIT);
+    let signal = req.body_mut().hold(wait);
     let on_continue = signal.clone();
     hyper::ext::on_informational(req, move |res| {
         if res.status() == StatusCode::CONTINUE {

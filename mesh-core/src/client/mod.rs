@@ -45,6 +45,10 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Largest response head accepted from an upstream, in bytes. Default: 64 KiB.
     pub max_response_header_bytes: usize,
+    /// How long a request body that expects `100-continue` is held for the upstream's
+    /// `100 Continue` before it is sent anyway. Keep it below any response timeout that
+    /// counts a held body as stalled. Default: 1s.
+    pub continue_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +57,7 @@ impl Default for ClientConfig {
             max_idle_per_endpoint: 256,
             idle_timeout: Duration::from_secs(30),
             max_response_header_bytes: 64 * 1024,
+            continue_wait: Duration::from_secs(1),
         }
     }
 }
@@ -207,7 +212,7 @@ where
         let addr = self.inner.addr;
         let is_connect = req.method() == Method::CONNECT;
         let mut req = req;
-        let held = expect::hold_for_continue(&mut req);
+        let held = expect::hold_for_continue(&mut req, self.inner.config.continue_wait);
         // At most one retry, and only for a pooled connection that closed before the
         // request started: then the upstream cannot have seen any of it.
         let (mut sender, reused) = match self.inner.idle.checkout() {

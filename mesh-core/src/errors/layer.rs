@@ -27,6 +27,8 @@ use crate::log_limit::LogLimit;
 pub struct Respond<S> {
     inner: S,
     report: Arc<Report>,
+    /// The inner service failed to become ready: the next request is answered with it.
+    failed: Option<Arc<BoxError>>,
 }
 
 #[derive(Debug)]
@@ -68,10 +70,14 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A service that cannot become ready fails each request instead (see `call`).
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // A service that cannot become ready fails the next request instead, answered like
+        // any other error; it is not called.
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => {
-                self.report.log(&e.into());
+                self.failed = Some(Arc::new(e.into()));
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
@@ -81,18 +87,25 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let grpc = is_grpc(req.headers());
+        let h2 = req.version() == Version::HTTP_2;
+        let (inner, failed) = match self.failed.take() {
+            Some(error) => (None, Some(error)),
+            None => (Some(self.inner.call(req)), None),
+        };
         future::ResponseFuture {
-            grpc: is_grpc(req.headers()),
-            h2: req.version() == Version::HTTP_2,
-            inner: self.inner.call(req),
+            grpc,
+            h2,
+            inner,
+            failed,
             report: self.report.clone(),
         }
     }
 }
 
 impl Report {
-    fn log(&self, error: &BoxError) -> super::Classified {
-        let c = classify(error.as_ref());
+    fn log(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) -> super::Classified {
+        let c = classify(error);
         if let Some(suppressed) = self.limit.allow() {
             if c.unclassified {
                 tracing::warn!(dst = %self.dst, %error, suppressed, "request failed with an unclassified error");
@@ -130,6 +143,7 @@ impl<S> tower_layer::Layer<S> for RespondLayer {
         Respond {
             inner,
             report: self.report.clone(),
+            failed: None,
         }
     }
 }
@@ -143,7 +157,8 @@ pub mod future {
         #[derive(Debug)]
         pub struct ResponseFuture<F> {
             #[pin]
-            pub(super) inner: F,
+            pub(super) inner: Option<F>,
+            pub(super) failed: Option<Arc<BoxError>>,
             pub(super) report: Arc<Report>,
             pub(super) grpc: bool,
             pub(super) h2: bool,
@@ -160,20 +175,22 @@ pub mod future {
         #[inline]
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
-            match this.inner.poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
-                Poll::Ready(Err(e)) => {
-                    let error = e.into();
-                    let c = this.report.log(&error);
-                    let mut res = error_response_for(&c, *this.grpc);
-                    if *this.h2 {
-                        // HTTP/2 has no connection-level `Connection` header.
-                        res.headers_mut().remove(http::header::CONNECTION);
-                    }
-                    Poll::Ready(Ok(res))
-                }
+            let error = match (this.inner.as_pin_mut(), this.failed.take()) {
+                (Some(inner), _) => match inner.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(res)) => return Poll::Ready(Ok(res)),
+                    Poll::Ready(Err(e)) => Arc::new(e.into()),
+                },
+                (None, Some(failed)) => failed,
+                (None, None) => return Poll::Pending,
+            };
+            let c = this.report.log(error.as_ref().as_ref());
+            let mut res = error_response_for(&c, *this.grpc);
+            if *this.h2 {
+                // HTTP/2 has no connection-level `Connection` header.
+                res.headers_mut().remove(http::header::CONNECTION);
             }
+            Poll::Ready(Ok(res))
         }
     }
 }
@@ -221,5 +238,30 @@ mod tests {
         assert_eq!(res.status(), http::StatusCode::OK);
         assert_eq!(res.headers()["grpc-status"], "13");
         assert!(!res.headers().contains_key("connection"));
+    }
+
+    #[tokio::test]
+    async fn a_service_that_cannot_become_ready_fails_the_next_request_without_a_call() {
+        let (svc, mut handle) = mock::pair::<Request<()>, Response<ProxyBody>>();
+        let mut svc = RespondLayer::new("world").layer(svc);
+        handle.send_error(BadRequest::new("not ready"));
+        std::future::poll_fn(|cx| svc.poll_ready(cx))
+            .await
+            .expect("ready: the error is kept for the request");
+        let res = svc.call(Request::new(())).await.expect("infallible");
+        assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+        assert!(
+            res.headers()[L5D_PROXY_ERROR]
+                .to_str()
+                .expect("ascii")
+                .contains("not ready")
+        );
+        handle.allow(1);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), handle.next_request())
+                .await
+                .is_err(),
+            "the inner service was not called"
+        );
     }
 }

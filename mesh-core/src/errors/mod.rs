@@ -22,7 +22,7 @@ use crate::BoxError;
 mod layer;
 
 pub use self::layer::{Respond, RespondLayer, future};
-use crate::body::{ProxyBody, RequestBodyError};
+use crate::body::{NotReplayable, ProxyBody, RequestBodyError};
 use crate::client::{BadResponse, UpstreamError};
 use crate::connect::{ConnectError, ConnectTimeout};
 
@@ -260,6 +260,13 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
         (e.status, e.grpc, e.close)
     } else if find::<BadRequest>(error).is_some() {
         (StatusCode::BAD_REQUEST, GrpcCode::Internal, true)
+    } else if find::<NotReplayable>(error).is_some() {
+        // A retry that cannot resend its body: the destination failed, not the client.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            GrpcCode::Unavailable,
+            false,
+        )
     } else if find::<BadResponse>(error).is_some() {
         (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
     } else if find::<ResponseTimeout>(error).is_some() {
