@@ -125,7 +125,8 @@ pub enum Classification {
 pub struct DetectConfig {
     /// How long to wait for conclusive bytes. Default: 1s.
     pub timeout: Duration,
-    /// The most bytes read while detecting. Default: 16 KiB + 5 (one full TLS record).
+    /// The most bytes read while detecting. Default: 32 KiB + 10 (a ClientHello of the
+    /// largest size this reader accepts, in two full TLS records).
     pub max_bytes: usize,
 }
 
@@ -133,14 +134,15 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(1),
-            max_bytes: tls::MAX_RECORD + tls::RECORD_HEADER,
+            max_bytes: tls::MAX_HELLO + 2 * tls::RECORD_HEADER,
         }
     }
 }
 
 /// Classifies the first bytes of a connection.
 ///
-/// Pure and allocation-free; [`detect`] calls it after every read.
+/// Pure, and allocation-free except to reassemble a ClientHello fragmented over several TLS
+/// records; [`detect`] calls it after every read.
 pub fn classify(buf: &[u8]) -> Classification {
     if buf.is_empty() {
         return Classification::NeedMore;
@@ -430,8 +432,14 @@ mod tests {
         // more, whatever its allocation grew to. Each input stays undecided until the bound
         // (a TLS record of the largest size; a printable line shorter than the longest
         // request line), and the client has sent far more than the bound.
+        // Two full records carrying a hello that declares the largest accepted length, so
+        // it completes exactly at the default bound (its body is junk: TLS without fields).
         let mut tls = vec![tls::CONTENT_TYPE_HANDSHAKE, 3, 1, 0x40, 0x00, 1];
-        tls.resize(40_000, b'a');
+        let hello_len = u32::try_from(tls::MAX_HELLO - 4).expect("fits");
+        tls.extend_from_slice(&hello_len.to_be_bytes()[1..]);
+        tls.resize(5 + tls::MAX_RECORD, b'a');
+        tls.extend_from_slice(&[tls::CONTENT_TYPE_HANDSHAKE, 3, 1, 0x40, 0x00]);
+        tls.resize(60_000, b'a');
         let line = vec![b'a'; 40_000];
         let default = DetectConfig::default().max_bytes;
         let cases = [

@@ -1,8 +1,13 @@
 //! Just enough of a TLS ClientHello parser to tell TLS from other traffic and to record the
 //! server name (SNI) and ALPN protocols the client asked for, without terminating TLS.
 //!
-//! Only the first TLS record is read. A ClientHello fragmented over several records is still
-//! recognised as TLS; fields beyond the first record are then reported as absent.
+//! A ClientHello may be fragmented over several TLS records (RFC 8446 §5.1 allows any
+//! split, and some clients and middleboxes do it, on purpose or not); the fragments are
+//! reassembled, so SNI and ALPN are read wherever they fall. Bounded: a hello may declare at
+//! most [`MAX_HELLO`] bytes, which fit in two full records, and [`super::DetectConfig`]'s
+//! byte cap bounds the records around it. A hello that declares more is reported as TLS with
+//! no fields. The common case — the whole hello in its first record — is parsed in place,
+//! without a copy.
 
 /// TLS record content type for handshake messages.
 pub(super) const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
@@ -10,6 +15,10 @@ pub(super) const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
 pub(super) const RECORD_HEADER: usize = 5;
 /// Largest TLS plaintext record payload (RFC 8446 §5.1).
 pub(super) const MAX_RECORD: usize = 16 * 1024;
+/// The largest ClientHello read (handshake header included): two full records' payload.
+pub(super) const MAX_HELLO: usize = 2 * MAX_RECORD;
+/// Length of a handshake message header (type and 24-bit length).
+const HANDSHAKE_HEADER: usize = 4;
 
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
@@ -85,18 +94,54 @@ pub(super) fn parse_client_hello(buf: &[u8]) -> Parse {
     {
         return Parse::NotTls;
     }
-    let Some(payload) = rec.take(len) else {
-        return Parse::Incomplete;
-    };
-    let mut hs = Reader(payload);
-    // The message type was checked above; skip it and read the declared length, which may
-    // exceed this record when the hello is fragmented.
-    let _ = hs.u8();
-    let Some(hello_len) = hs.u24() else {
-        return Parse::Hello(ClientHello::default());
-    };
-    let body = &hs.0[..hs.0.len().min(hello_len)];
-    Parse::Hello(read_hello_body(body).unwrap_or_default())
+    let first = &rec.0[..rec.0.len().min(len)];
+    // The declared length of the hello, once its handshake header has arrived (it may
+    // itself be split across records; then it is read from the reassembled bytes below).
+    if first.len() >= HANDSHAKE_HEADER {
+        let hello_len = Reader(&first[1..]).u24().unwrap_or(usize::MAX);
+        if hello_len > MAX_HELLO - HANDSHAKE_HEADER {
+            // TLS, but not a hello this reader will buffer: report it without fields.
+            return Parse::Hello(ClientHello::default());
+        }
+        if first.len() >= HANDSHAKE_HEADER + hello_len {
+            // The whole hello is in the first record: parse it in place.
+            let body = &first[HANDSHAKE_HEADER..HANDSHAKE_HEADER + hello_len];
+            return Parse::Hello(read_hello_body(body).unwrap_or_default());
+        }
+    }
+    reassemble(buf)
+}
+
+/// Collects the handshake bytes of consecutive handshake records until the hello they carry
+/// is complete.
+fn reassemble(buf: &[u8]) -> Parse {
+    let mut rest = Reader(buf);
+    let mut hs: Vec<u8> = Vec::new();
+    loop {
+        let Some(header) = rest.take(RECORD_HEADER) else {
+            return Parse::Incomplete;
+        };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if header[0] != CONTENT_TYPE_HANDSHAKE || header[1] != 3 || len == 0 || len > MAX_RECORD {
+            // Something else interleaved before the hello ended: TLS, but malformed.
+            return Parse::Hello(ClientHello::default());
+        }
+        let Some(payload) = rest.take(len) else {
+            return Parse::Incomplete;
+        };
+        hs.extend_from_slice(payload);
+        if hs.len() < HANDSHAKE_HEADER {
+            continue;
+        }
+        let hello_len = Reader(&hs[1..]).u24().unwrap_or(usize::MAX);
+        if hs[0] != HANDSHAKE_CLIENT_HELLO || hello_len > MAX_HELLO - HANDSHAKE_HEADER {
+            return Parse::Hello(ClientHello::default());
+        }
+        if hs.len() >= HANDSHAKE_HEADER + hello_len {
+            let body = &hs[HANDSHAKE_HEADER..HANDSHAKE_HEADER + hello_len];
+            return Parse::Hello(read_hello_body(body).unwrap_or_default());
+        }
+    }
 }
 
 /// Reads SNI and ALPN from a ClientHello body; `None` when the body is truncated.
@@ -220,12 +265,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn fragmented_hello_is_tls_without_fields() {
+    fn the_first_record_of_a_fragmented_hello_waits_for_the_rest() {
         let mut rec = client_hello(Some("a.example"), &[]);
-        // The first record carries only the start of the hello, as a fragmented hello does.
+        // The first record carries only the start of the hello, as a fragmented hello does:
+        // the rest (and its SNI) is in records still to come.
         rec.truncate(RECORD_HEADER + 50);
         rec[3..5].copy_from_slice(&50u16.to_be_bytes());
-        assert_eq!(hello(&rec), Some(ClientHello::default()));
+        assert!(matches!(parse_client_hello(&rec), Parse::Incomplete));
     }
 
     #[test]
@@ -239,5 +285,79 @@ pub(crate) mod tests {
             parse_client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
             Parse::NotTls
         ));
+    }
+}
+
+#[cfg(test)]
+mod fragmented {
+    use super::tests::client_hello;
+    use super::*;
+
+    /// Re-frames a single-record hello into records of at most `size` payload bytes.
+    fn fragment(record: &[u8], size: usize) -> Vec<u8> {
+        let payload = &record[RECORD_HEADER..];
+        let mut out = Vec::new();
+        for chunk in payload.chunks(size) {
+            out.extend_from_slice(&record[..3]);
+            out.extend_from_slice(&u16::try_from(chunk.len()).expect("small").to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn a_hello_over_many_records_is_reassembled() {
+        let whole = client_hello(
+            Some("web.default.serviceaccount.identity.td"),
+            &[b"h2", b"http/1.1"],
+        );
+        for size in [1, 3, 7, 40, 100] {
+            let split = fragment(&whole, size);
+            let Parse::Hello(hello) = parse_client_hello(&split) else {
+                panic!("fragments of {size} bytes: not reassembled");
+            };
+            assert_eq!(
+                hello.server_name.as_deref(),
+                Some("web.default.serviceaccount.identity.td"),
+                "fragments of {size} bytes"
+            );
+            assert_eq!(hello.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+            // Every proper prefix asks for more; none is mistaken for something else.
+            for cut in 1..split.len() {
+                assert!(
+                    matches!(parse_client_hello(&split[..cut]), Parse::Incomplete),
+                    "fragments of {size}, cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_interleaved_record_or_an_oversized_hello_is_tls_without_fields() {
+        let whole = client_hello(Some("a.example"), &[]);
+        let mut split = fragment(&whole, 10);
+        // An alert record (type 21) in the middle of the hello.
+        split.splice(15..15, [21u8, 3, 3, 0, 2, 2, 40]);
+        let Parse::Hello(hello) = parse_client_hello(&split) else {
+            panic!("still TLS");
+        };
+        assert_eq!(hello, ClientHello::default());
+        // A hello declaring more than two full records' worth.
+        let big = [
+            CONTENT_TYPE_HANDSHAKE,
+            3,
+            1,
+            0,
+            8,
+            HANDSHAKE_CLIENT_HELLO,
+            0x01,
+            0,
+            0,
+            3,
+            3,
+            0,
+            0,
+        ];
+        assert!(matches!(parse_client_hello(&big), Parse::Hello(h) if h == ClientHello::default()));
     }
 }
