@@ -316,6 +316,8 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// The raw subject public key.
     pub public_key: Vec<u8>,
+    /// The whole SubjectPublicKeyInfo (DER).
+    pub spki: Vec<u8>,
 }
 
 /// Describes every certificate in a PEM text, in order.
@@ -332,37 +334,49 @@ pub fn inspect(pem: &str) -> Result<Vec<CertInfo>, CaError> {
     let mut out = Vec::new();
     for block in pem_blocks(pem, "CERTIFICATE") {
         let parsed = ::pem::parse(&block).map_err(|e| invalid(format!("bad PEM: {e}")))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(parsed.contents())
-            .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
-        let identity = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-            });
-        let validity = cert.validity();
-        let expires = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(validity.not_after.timestamp()).unwrap_or(0));
-        out.push(CertInfo {
-            identity,
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
-            serial: cert.raw_serial_as_string(),
-            not_before: rfc3339(validity.not_before.timestamp()),
-            not_after: rfc3339(validity.not_after.timestamp()),
-            expires,
-            is_ca: cert.is_ca(),
-            public_key: cert.public_key().subject_public_key.data.to_vec(),
-        });
+        out.push(inspect_der(parsed.contents())?);
     }
     if out.is_empty() {
         return Err(invalid("no certificate found".to_owned()));
     }
     Ok(out)
+}
+
+/// Describes one DER-encoded certificate.
+///
+/// # Errors
+///
+/// [`CaError::Invalid`] (with an empty path) when it is not a parsable certificate.
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, CaError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| CaError::Invalid {
+        path: PathBuf::new(),
+        reason: format!("not an X.509 certificate: {e}"),
+    })?;
+    let identity = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+        });
+    let validity = cert.validity();
+    let expires = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(validity.not_after.timestamp()).unwrap_or(0));
+    Ok(CertInfo {
+        identity,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: cert.raw_serial_as_string(),
+        not_before: rfc3339(validity.not_before.timestamp()),
+        not_after: rfc3339(validity.not_after.timestamp()),
+        expires,
+        is_ca: cert.is_ca(),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+        spki: cert.public_key().raw.to_vec(),
+    })
 }
 
 fn rfc3339(unix: i64) -> String {

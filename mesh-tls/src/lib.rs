@@ -1,9 +1,11 @@
-//! Mesh TLS: workload identities, the certificate authority ([`ca`]), and (next) the rustls
-//! configurations, TLS accept/connect and certificate rotation.
+//! Mesh TLS: workload identities, the certificate authority ([`ca`]), a workload's
+//! credentials and the rustls configurations mesh peers speak ([`creds`]); TLS
+//! accept/connect layers and certificate rotation come next.
 //!
 //! The identity type itself lives in [`mesh_core::identity`] so that discovery and policy can
 //! name peers without a TLS dependency; it is re-exported here.
 
 pub mod ca;
+pub mod creds;
 
 pub use mesh_core::identity::{Identity, InvalidIdentity};
