@@ -198,7 +198,7 @@ pub fn server_name(id: &Identity) -> String {
 }
 
 /// What a client requires of the server's identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Expected {
     /// Exactly this identity.
     Identity(Identity),

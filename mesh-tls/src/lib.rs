@@ -1,11 +1,13 @@
 //! Mesh TLS: workload identities, the certificate authority ([`ca`]), a workload's
-//! credentials and the rustls configurations mesh peers speak ([`creds`]); TLS
-//! accept/connect layers and certificate rotation come next.
+//! credentials and the rustls configurations mesh peers speak ([`creds`]), and the mTLS
+//! connect layer ([`connect`]); TLS termination on the inbound side and certificate
+//! rotation come next.
 //!
 //! The identity type itself lives in [`mesh_core::identity`] so that discovery and policy can
 //! name peers without a TLS dependency; it is re-exported here.
 
 pub mod ca;
+pub mod connect;
 pub mod creds;
 
 pub use mesh_core::identity::{Identity, InvalidIdentity};

@@ -32,7 +32,7 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::connect::TcpConnect;
-use crate::target::Endpoint;
+use crate::target::{Endpoint, ProtocolHint};
 
 use self::pool::{IdleList, Returner};
 
@@ -279,12 +279,14 @@ where
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, BoxError> {
         let addr = self.inner.addr;
-        let io = self
+        // The connect stack learns which protocol this connection will carry (mTLS offers it
+        // in ALPN, so HTTP/1.1 stays HTTP/1.1 across the hop).
+        let target = self
             .inner
-            .connect
+            .endpoint
             .clone()
-            .call(self.inner.endpoint.clone())
-            .await?;
+            .with_protocol(ProtocolHint::Http1);
+        let io = self.inner.connect.clone().call(target).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.inner.config.max_response_header_bytes.max(8192))
             .handshake(TokioIo::new(io))
@@ -346,12 +348,12 @@ where
             return Ok(s);
         }
         let addr = self.inner.addr;
-        let io = self
+        let target = self
             .inner
-            .connect
+            .endpoint
             .clone()
-            .call(self.inner.endpoint.clone())
-            .await?;
+            .with_protocol(ProtocolHint::Http2);
+        let io = self.inner.connect.clone().call(target).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             // Until the upstream's SETTINGS arrive its stream limit is unknown: open one
             // stream and queue the rest, rather than assume 100 and have the excess refused
