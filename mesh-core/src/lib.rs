@@ -4,6 +4,8 @@
 //! ingress, or a Rust service embedding the layers directly — and nothing that needs TLS,
 //! DNS or gRPC:
 //!
+//! - [`authz`]: inbound authorization policy (deny, all-(un)authenticated, identity
+//!   patterns, per HTTP path);
 //! - [`cache`]: the bounded per-target cache every stage is built through;
 //! - [`classify`]: success or failure of a response, gRPC trailers included;
 //! - [`detect`]: classify a new connection (HTTP/1, HTTP/2, TLS, opaque) and replay its bytes;
@@ -107,6 +109,7 @@
 //! # }
 //! ```
 
+pub mod authz;
 pub mod body;
 pub mod cache;
 pub mod classify;
