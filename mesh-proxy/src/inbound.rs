@@ -13,7 +13,6 @@ use http::Request;
 use mesh_core::body::RequestBody;
 use mesh_core::headers::HopByHopLayer;
 use mesh_core::metrics::RecordHttpLayer;
-use mesh_core::target::{Concrete, Endpoint};
 use mesh_core::upgrade::UpgradesLayer;
 use tower::ServiceBuilder;
 use tower_service::Service;
@@ -22,7 +21,7 @@ use crate::checks::RequestChecks;
 use crate::conn::ConnState;
 use crate::deadline::ResponseDeadline;
 use crate::http::StackResponse;
-use crate::stack::{ConcreteStack, FixedRoute, LogicalTarget, Targets};
+use crate::stack::{LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
 /// The header that carries the verified identity of an inbound peer to the application.
@@ -40,8 +39,7 @@ pub(crate) fn http_stack(
 + Send
 + 'static {
     // Per endpoint and per concrete destination (cached): the local application's client.
-    let endpoint = targets.endpoint(&Endpoint::from(addr));
-    let app = targets.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint));
+    let app = targets.route_to(addr);
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
         .layer(RecordHttpLayer::new(logical.http.clone()))
@@ -62,5 +60,5 @@ pub(crate) fn http_stack(
             dst,
             ctx.response_timeout,
         ))
-        .service(FixedRoute::new(app))
+        .service(app)
 }

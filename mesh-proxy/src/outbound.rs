@@ -14,7 +14,6 @@ use http::Request;
 use mesh_core::body::RequestBody;
 use mesh_core::headers::HopByHopLayer;
 use mesh_core::metrics::RecordHttpLayer;
-use mesh_core::target::{Concrete, Endpoint};
 use mesh_core::upgrade::UpgradesLayer;
 use tower::ServiceBuilder;
 use tower_service::Service;
@@ -23,7 +22,7 @@ use crate::checks::RequestChecks;
 use crate::conn::ConnState;
 use crate::deadline::ResponseDeadline;
 use crate::http::StackResponse;
-use crate::stack::{ConcreteStack, FixedRoute, LogicalTarget, Targets};
+use crate::stack::{LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
 /// The outbound request stack of one client connection whose destination is `addr`.
@@ -41,10 +40,7 @@ pub(crate) fn http_stack(
     // connection — over the connect stack (plain TCP; mTLS wraps it).
     // Stage 2, per concrete destination (cached): today the endpoint itself; retries,
     // per-route timeouts and the balancer over discovered endpoints go here.
-    // (Looked up on every connection, not only when the concrete stage is built, so the
-    // endpoint stays cached — and its idle connections swept — while it is in use.)
-    let endpoint = targets.endpoint(&Endpoint::from(addr));
-    let concrete = targets.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint));
+    let route = targets.route_to(addr);
     // Stage 1, the route, under the connection's server-side layers, outermost first.
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
@@ -68,5 +64,5 @@ pub(crate) fn http_stack(
             ctx.response_timeout,
         ))
         // The route: the connection's destination, fixed when it was accepted.
-        .service(FixedRoute::new(concrete))
+        .service(route)
 }

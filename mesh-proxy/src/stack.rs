@@ -10,6 +10,7 @@
 //! `outbound.rs` and `inbound.rs` compose these into a stack per client connection.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -138,6 +139,15 @@ impl Targets {
         self.endpoints.get_or_build(endpoint, |e| {
             HttpEndpoint::new(e.clone(), self.connect, self.client)
         })
+    }
+
+    /// The route to a destination named by its address: its concrete stage (today the
+    /// endpoint itself) from the cache. The endpoint is looked up on every call, not only
+    /// when the concrete stage is built, so it stays cached — and its idle connections
+    /// swept — while it is in use.
+    pub(crate) fn route_to(&self, addr: SocketAddr) -> FixedRoute {
+        let endpoint = self.endpoint(&Endpoint::from(addr));
+        FixedRoute::new(self.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint)))
     }
 
     /// Closes expired idle upstream connections and forgets targets nobody looked up.

@@ -21,19 +21,9 @@ use mesh_proxy::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 /// Long enough for any local exchange on a busy machine, short enough to fail fast.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Polls `cond` until it holds, failing after [`WAIT`].
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 // ---- [client] pool settings -----------------------------------------------------------------
 
@@ -123,7 +113,7 @@ impl Counting {
             }
         });
         let release = async {
-            eventually("all held at the upstream", || {
+            eventually(WAIT, "all held at the upstream", || {
                 self.in_flight.load(Ordering::SeqCst) == n
             })
             .await;
@@ -165,9 +155,11 @@ async fn max_idle_per_endpoint_bounds_the_kept_upstream_connections() {
             "three requests at once, three connections"
         );
         // Surplus connections are closed, the rest kept open for reuse.
-        eventually(&format!("{kept} kept with max_idle {max_idle}"), || {
-            up.open() == kept
-        })
+        eventually(
+            WAIT,
+            &format!("{kept} kept with max_idle {max_idle}"),
+            || up.open() == kept,
+        )
         .await;
 
         // Three at once again: the kept connections are reused, the rest opened anew.
@@ -204,7 +196,7 @@ async fn pooled_upstream_connections_expire_after_the_client_idle_timeout() {
     tokio::time::sleep(IDLE * 2).await;
     hello().await;
     assert_eq!(up.accepted(), 2, "an expired idle connection is not reused");
-    eventually("the expired connection closed", || up.open() == 1).await;
+    eventually(WAIT, "the expired connection closed", || up.open() == 1).await;
 }
 
 // ---- enabled = false ------------------------------------------------------------------------

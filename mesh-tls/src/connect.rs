@@ -37,6 +37,9 @@ pub struct HandshakeError {
     reason: String,
 }
 
+/// The most client configurations kept (expected identities × protocols).
+const MAX_CONFIGS: usize = 1024;
+
 /// Client configurations per (expected identity, ALPN protocols).
 type Configs = HashMap<(Expected, Vec<Vec<u8>>), Arc<ClientConfig>>;
 
@@ -89,8 +92,12 @@ impl<C> TlsConnect<C> {
         if let Some(c) = configs.get(&key) {
             return Ok(c.clone());
         }
-        // Bounded by the distinct identities discovery names, times two protocols.
         let config = client_config(&self.creds, &self.provider, key.0.clone(), key.1.clone())?;
+        // Bounded: discovery could name any number of identities; past the bound the cache
+        // starts over (a config is cheap to rebuild, and live connections keep theirs).
+        if configs.len() >= MAX_CONFIGS {
+            configs.clear();
+        }
         configs.insert(key, config.clone());
         Ok(config)
     }

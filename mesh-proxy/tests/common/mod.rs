@@ -176,6 +176,18 @@ impl Drop for PanicCheck {
     }
 }
 
+/// Polls `cond` every 5 ms until it holds, failing with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A config with every listener on `127.0.0.1:0`, both directions targeting `target`.
 pub fn config(target: SocketAddr) -> Config {
     let mut cfg = Config::default();
