@@ -7,15 +7,15 @@
 //! with the connection. Any other ClientHello is someone else's TLS and passes through
 //! untouched; no TLS at all is plaintext, which only a permissive port accepts.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mesh_core::detect::ClientHello;
 use mesh_core::identity::Identity;
-use rustls::crypto::CryptoProvider;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
-use crate::creds::{Credentials, CredsError, peer_identity, server_config, server_name};
+use crate::creds::{CredsError, peer_identity, server_config, server_name};
+use crate::store::CredentialStore;
 
 /// What an inbound connection is, from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,47 +33,81 @@ pub enum InboundKind {
 #[error("mesh TLS handshake failed: {0}")]
 pub struct AcceptError(String);
 
+/// The server side built from one generation of the credentials.
+#[derive(Clone)]
+struct Built {
+    generation: u64,
+    acceptor: tokio_rustls::TlsAcceptor,
+    server_name: Arc<str>,
+}
+
 /// Terminates mesh TLS for one workload identity.
+///
+/// Each handshake uses the credentials in force in the [`CredentialStore`]: after a
+/// rotation, new connections are served with the new certificate and verified against the
+/// new bundle; established ones keep their session.
 #[derive(Clone)]
 pub struct MeshAcceptor {
-    acceptor: tokio_rustls::TlsAcceptor,
-    server_name: String,
+    store: Arc<CredentialStore>,
+    built: Arc<Mutex<Built>>,
 }
 
 impl std::fmt::Debug for MeshAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshAcceptor")
-            .field("server_name", &self.server_name)
+            .field("server_name", &self.server_name())
             .finish_non_exhaustive()
     }
 }
 
+/// ALPN protocols a mesh server accepts: the application protocol of the connection.
+fn server_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
 impl MeshAcceptor {
-    /// An acceptor presenting `creds`, accepting `h2` and `http/1.1` in ALPN.
+    /// An acceptor presenting the credentials in `store`, accepting `h2` and `http/1.1` in
+    /// ALPN (or none: opaque TCP).
     ///
     /// # Errors
     ///
     /// [`CredsError::Config`] when rustls refuses the configuration.
-    pub fn new(creds: &Credentials, provider: &Arc<CryptoProvider>) -> Result<Self, CredsError> {
-        let config = server_config(creds, provider, vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+    pub fn new(store: Arc<CredentialStore>) -> Result<Self, CredsError> {
+        let built = build(&store)?;
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(config),
-            server_name: server_name(creds.identity()),
+            store,
+            built: Arc::new(Mutex::new(built)),
         })
     }
 
+    /// The server side for the credentials in force, rebuilt after a rotation. When the new
+    /// credentials cannot be built into a configuration, the last one stays in use.
+    fn current(&self) -> Built {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.store.generation();
+        if built.generation != generation {
+            match build(&self.store) {
+                Ok(b) => *built = b,
+                Err(error) => {
+                    // Keep serving with what worked; do not retry this generation.
+                    built.generation = generation;
+                    tracing::warn!(%error, "new credentials refused by TLS; serving with the previous ones");
+                }
+            }
+        }
+        built.clone()
+    }
+
     /// The SNI name mesh peers use for this workload.
-    pub fn server_name(&self) -> &str {
-        &self.server_name
+    pub fn server_name(&self) -> Arc<str> {
+        self.current().server_name
     }
 
     /// What a connection is, from the ClientHello detection found (`None`: not TLS).
     pub fn classify(&self, hello: Option<&ClientHello>) -> InboundKind {
         match hello {
             None => InboundKind::Plaintext,
-            Some(h) if h.server_name.as_deref() == Some(self.server_name.as_str()) => {
-                InboundKind::Mesh
-            }
+            Some(h) if h.server_name.as_deref() == Some(&*self.server_name()) => InboundKind::Mesh,
             Some(_) => InboundKind::PassThrough,
         }
     }
@@ -90,6 +124,7 @@ impl MeshAcceptor {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let tls = self
+            .current()
             .acceptor
             .accept(io)
             .await
@@ -103,4 +138,15 @@ impl MeshAcceptor {
             .ok_or_else(|| AcceptError("the client certificate carries no SPIFFE ID".to_owned()))?;
         Ok((tls, peer))
     }
+}
+
+fn build(store: &CredentialStore) -> Result<Built, CredsError> {
+    let generation = store.generation();
+    let creds = store.current();
+    let config = server_config(&creds, store.provider(), server_alpn())?;
+    Ok(Built {
+        generation,
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        server_name: server_name(creds.identity()).into(),
+    })
 }

@@ -310,6 +310,8 @@ pub struct CertInfo {
     pub not_before: String,
     /// End of validity (RFC 3339).
     pub not_after: String,
+    /// Start of validity, as a time.
+    pub issued: SystemTime,
     /// End of validity, as a time.
     pub expires: SystemTime,
     /// Whether it is a CA certificate.
@@ -363,8 +365,10 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo, CaError> {
             })
         });
     let validity = cert.validity();
-    let expires = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(u64::try_from(validity.not_after.timestamp()).unwrap_or(0));
+    let at =
+        |unix: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    let expires = at(validity.not_after.timestamp());
+    let issued = at(validity.not_before.timestamp());
     Ok(CertInfo {
         identity,
         subject: cert.subject().to_string(),
@@ -372,6 +376,7 @@ pub fn inspect_der(der: &[u8]) -> Result<CertInfo, CaError> {
         serial: cert.raw_serial_as_string(),
         not_before: rfc3339(validity.not_before.timestamp()),
         not_after: rfc3339(validity.not_after.timestamp()),
+        issued,
         expires,
         is_ca: cert.is_ca(),
         public_key: cert.public_key().subject_public_key.data.to_vec(),

@@ -19,15 +19,13 @@ use mesh_core::BoxError;
 use mesh_core::errors::{GrpcCode, HttpError};
 use mesh_core::target::{Endpoint, ProtocolHint};
 use rustls::ClientConfig;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use tower_service::Service;
 
-use crate::creds::{
-    Credentials, CredsError, Expected, IdentityMismatch, client_config, server_name,
-};
+use crate::creds::{CredsError, Expected, IdentityMismatch, client_config, server_name};
+use crate::store::CredentialStore;
 
 /// The mTLS handshake with an endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +38,22 @@ pub struct HandshakeError {
 /// The most client configurations kept (expected identities × protocols).
 const MAX_CONFIGS: usize = 1024;
 
-/// Client configurations per (expected identity, ALPN protocols).
-type Configs = HashMap<(Expected, Vec<Vec<u8>>), Arc<ClientConfig>>;
+/// Client configurations per (expected identity, ALPN protocols), for one generation of
+/// the credentials.
+#[derive(Default)]
+struct Configs {
+    generation: u64,
+    by_peer: HashMap<(Expected, Vec<Vec<u8>>), Arc<ClientConfig>>,
+}
 
 /// Opens mesh TLS connections over the connections `C` opens.
+///
+/// Each new connection uses the credentials in force in its [`CredentialStore`]: after a
+/// rotation, new handshakes present the new certificate and trust the new bundle.
 pub struct TlsConnect<C> {
     inner: C,
-    creds: Arc<Credentials>,
-    provider: Arc<CryptoProvider>,
-    /// Client configurations per (expected identity, ALPN): built once each.
+    store: Arc<CredentialStore>,
+    /// Client configurations per (expected identity, ALPN): built once each per generation.
     configs: Arc<Mutex<Configs>>,
 }
 
@@ -56,8 +61,7 @@ impl<C: Clone> Clone for TlsConnect<C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            creds: self.creds.clone(),
-            provider: self.provider.clone(),
+            store: self.store.clone(),
             configs: self.configs.clone(),
         }
     }
@@ -66,20 +70,24 @@ impl<C: Clone> Clone for TlsConnect<C> {
 impl<C> std::fmt::Debug for TlsConnect<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConnect")
-            .field("identity", &self.creds.identity().to_string())
+            .field("identity", &self.store.current().identity().to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl<C> TlsConnect<C> {
-    /// Mesh TLS with `creds` over `inner`, on the binary's crypto `provider`.
-    pub fn new(inner: C, creds: Arc<Credentials>, provider: Arc<CryptoProvider>) -> Self {
+    /// Mesh TLS with the credentials in `store` over `inner`.
+    pub fn new(inner: C, store: Arc<CredentialStore>) -> Self {
         Self {
             inner,
-            creds,
-            provider,
+            store,
             configs: Arc::default(),
         }
+    }
+
+    /// The credentials this connector presents.
+    pub fn store(&self) -> &Arc<CredentialStore> {
+        &self.store
     }
 
     fn config(
@@ -88,17 +96,24 @@ impl<C> TlsConnect<C> {
         alpn: Vec<Vec<u8>>,
     ) -> Result<Arc<ClientConfig>, CredsError> {
         let key = (expected.clone(), alpn);
+        let generation = self.store.generation();
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(&key) {
+        if configs.generation != generation {
+            // Rotated: configurations built on the old credentials are not used again.
+            configs.by_peer.clear();
+            configs.generation = generation;
+        }
+        if let Some(c) = configs.by_peer.get(&key) {
             return Ok(c.clone());
         }
-        let config = client_config(&self.creds, &self.provider, key.0.clone(), key.1.clone())?;
+        let creds = self.store.current();
+        let config = client_config(&creds, self.store.provider(), key.0.clone(), key.1.clone())?;
         // Bounded: discovery could name any number of identities; past the bound the cache
         // starts over (a config is cheap to rebuild, and live connections keep theirs).
-        if configs.len() >= MAX_CONFIGS {
-            configs.clear();
+        if configs.by_peer.len() >= MAX_CONFIGS {
+            configs.by_peer.clear();
         }
-        configs.insert(key, config.clone());
+        configs.by_peer.insert(key, config.clone());
         Ok(config)
     }
 }
@@ -130,7 +145,7 @@ where
         let addr = endpoint.addr();
         let expected = match endpoint.identity() {
             Some(id) => Expected::Identity(id.clone()),
-            None => Expected::TrustDomain(self.creds.trust_domain().to_owned()),
+            None => Expected::TrustDomain(self.store.current().trust_domain().to_owned()),
         };
         let sni = match &expected {
             Expected::Identity(id) => server_name(id),

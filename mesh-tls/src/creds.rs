@@ -61,8 +61,43 @@ pub struct Credentials {
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
     identity: Identity,
+    serial: String,
+    issued: SystemTime,
     expires: SystemTime,
 }
+
+/// The three files of a workload's credentials, as read from disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialFiles {
+    /// `cert.pem`: the workload certificate, then any intermediates.
+    pub cert: Vec<u8>,
+    /// `key.pem`: its private key.
+    pub key: Vec<u8>,
+    /// `ca.pem`: the trust bundle.
+    pub ca: Vec<u8>,
+}
+
+impl CredentialFiles {
+    /// Reads `cert.pem`, `key.pem` and `ca.pem` from `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`CredsError::Io`] naming the file that cannot be read.
+    pub fn read(dir: &Path) -> Result<Self, CredsError> {
+        Ok(Self {
+            cert: read(&dir.join(CERT_FILE))?,
+            key: read(&dir.join(KEY_FILE))?,
+            ca: read(&dir.join(CA_FILE))?,
+        })
+    }
+}
+
+/// The workload certificate (and intermediates) in an identity directory.
+pub const CERT_FILE: &str = "cert.pem";
+/// The private key in an identity directory.
+pub const KEY_FILE: &str = "key.pem";
+/// The trust bundle in an identity directory.
+pub const CA_FILE: &str = "ca.pem";
 
 impl Clone for Credentials {
     fn clone(&self) -> Self {
@@ -71,6 +106,8 @@ impl Clone for Credentials {
             key: self.key.clone_key(),
             roots: self.roots.clone(),
             identity: self.identity.clone(),
+            serial: self.serial.clone(),
+            issued: self.issued,
             expires: self.expires,
         }
     }
@@ -85,24 +122,37 @@ impl Credentials {
     ///
     /// [`CredsError`] naming the file and what is wrong with it.
     pub fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Self, CredsError> {
-        let cert_path = dir.join("cert.pem");
-        let key_path = dir.join("key.pem");
-        let ca_path = dir.join("ca.pem");
+        Self::parse(dir, &CredentialFiles::read(dir)?, provider)
+    }
+
+    /// Checks credentials read from `dir` (which names the files in errors), as
+    /// [`Credentials::load`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`CredsError`] naming the file and what is wrong with it.
+    pub fn parse(
+        dir: &Path,
+        files: &CredentialFiles,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, CredsError> {
+        let cert_path = dir.join(CERT_FILE);
+        let key_path = dir.join(KEY_FILE);
+        let ca_path = dir.join(CA_FILE);
         let invalid = |path: &Path, reason: String| CredsError::Invalid {
             path: path.to_owned(),
             reason,
         };
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&read(&cert_path)?)
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid(&cert_path, format!("not PEM certificates: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&files.cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(&cert_path, format!("not PEM certificates: {e}")))?;
         let leaf = chain
             .first()
             .ok_or_else(|| invalid(&cert_path, "no certificate".to_owned()))?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+        let key = PrivateKeyDer::from_pem_slice(&files.key)
             .map_err(|e| invalid(&key_path, format!("not a PEM private key: {e}")))?;
         let mut roots = RootCertStore::empty();
-        for root in CertificateDer::pem_slice_iter(&read(&ca_path)?) {
+        for root in CertificateDer::pem_slice_iter(&files.ca) {
             let root = root.map_err(|e| invalid(&ca_path, format!("not PEM certificates: {e}")))?;
             roots
                 .add(root)
@@ -160,6 +210,8 @@ impl Credentials {
             key,
             roots: Arc::new(roots),
             identity,
+            serial: info.serial,
+            issued: info.issued,
             expires: info.expires,
         })
     }
@@ -167,6 +219,16 @@ impl Credentials {
     /// The workload's own identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The certificate's serial number, hex.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// When the certificate's validity began.
+    pub fn issued(&self) -> SystemTime {
+        self.issued
     }
 
     /// When the certificate expires.

@@ -12,6 +12,7 @@ use mesh_core::detect::{ClientHello, DetectConfig, Outcome, Protocol, detect};
 use mesh_tls::accept::{InboundKind, MeshAcceptor};
 use mesh_tls::ca::Ca;
 use mesh_tls::creds::{Credentials, Expected, client_config, server_name};
+use mesh_tls::store::CredentialStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -117,9 +118,10 @@ async fn a_fragmented_mesh_client_hello_is_terminated_and_names_the_peer() {
     let a = Credentials::load(&base.join("a"), &provider()).expect("a");
     let b = Credentials::load(&base.join("b"), &provider()).expect("b");
     let _ = std::fs::remove_dir_all(&base);
-    let acceptor = MeshAcceptor::new(&b, &provider()).expect("acceptor");
+    let acceptor = MeshAcceptor::new(Arc::new(CredentialStore::fixed(b.clone(), provider())))
+        .expect("acceptor");
     assert_eq!(
-        acceptor.server_name(),
+        &*acceptor.server_name(),
         "server.b.serviceaccount.identity.td.example"
     );
 
@@ -192,7 +194,8 @@ fn other_tls_passes_through_and_no_tls_is_plaintext() {
     .expect("write");
     let b = Credentials::load(&dir, &provider()).expect("b");
     let _ = std::fs::remove_dir_all(&dir);
-    let acceptor = MeshAcceptor::new(&b, &provider()).expect("acceptor");
+    let acceptor = MeshAcceptor::new(Arc::new(CredentialStore::fixed(b.clone(), provider())))
+        .expect("acceptor");
     let other = ClientHello {
         server_name: Some("www.example.com".into()),
         alpn: vec![],

@@ -16,6 +16,7 @@ use mesh_core::target::Endpoint;
 use mesh_tls::ca::Ca;
 use mesh_tls::connect::TlsConnect;
 use mesh_tls::creds::{Credentials, peer_identity, server_config};
+use mesh_tls::store::CredentialStore;
 use rustls::crypto::CryptoProvider;
 
 fn provider() -> Arc<CryptoProvider> {
@@ -91,7 +92,8 @@ async fn http1_and_http2_cross_the_mtls_hop_in_their_own_version() {
     let server = Credentials::load(&base.join("server"), &provider()).expect("server");
     let _ = std::fs::remove_dir_all(&base);
     let addr = tls_app(&server).await;
-    let connect = TlsConnect::new(TcpConnect::default(), client.clone(), provider());
+    let store = CredentialStore::fixed((*client).clone(), provider());
+    let connect = TlsConnect::new(TcpConnect::default(), Arc::new(store));
     let endpoint = HttpEndpoint::new(
         Endpoint::new(addr).with_identity(server.identity().clone()),
         connect.clone(),
