@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release --example sidecar -- --outbound-target 127.0.0.1:8080
 //! cargo run --release --example sidecar -- --config examples/config/sidecar.toml
+//! cargo run --release --example sidecar -- --identity-dir id/ --outbound-target 10.0.0.7:4143 \
+//!     --outbound-peer-id spiffe://td/ns/prod/sa/api
 //! ```
 
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use mesh_proxy::Proxy;
-use mesh_proxy::config::Config;
+use mesh_proxy::config::{Config, IdentityConfig, InboundMode, PeerId, PolicyConfig};
 
 /// Command-line flags; each overrides the matching key of the config file.
 #[derive(Debug, Parser)]
@@ -36,6 +38,21 @@ struct Args {
     /// The local application, for inbound traffic (inbound.target).
     #[arg(long, value_name = "ADDR")]
     inbound_target: Option<SocketAddr>,
+    /// The workload identity: a directory with cert.pem, key.pem and ca.pem, as
+    /// `meshctl ca issue` writes them (identity.dir). Enables mesh TLS.
+    #[arg(long, value_name = "DIR")]
+    identity_dir: Option<PathBuf>,
+    /// Whether inbound accepts anything but mesh TLS: `permissive` or `strict`
+    /// (identity.inbound_mode).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    inbound_mode: Option<InboundMode>,
+    /// The SPIFFE ID the outbound target must present over mesh TLS (outbound.peer_id).
+    #[arg(long, value_name = "SPIFFE_ID", value_parser = parse_peer_id)]
+    outbound_peer_id: Option<PeerId>,
+    /// Who may use the inbound side: deny, all-unauthenticated, all-authenticated or
+    /// comma-separated SPIFFE ID patterns (inbound.policy).
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    inbound_policy: Option<PolicyConfig>,
     /// Initial log filter, e.g. `info` or `mesh_proxy=debug` (changeable via PUT /log-level).
     #[arg(long, env = "MESH_LOG", default_value = "info")]
     log: String,
@@ -61,7 +78,7 @@ fn run() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    apply_flags(&mut config, &args);
+    apply_flags(&mut config, &args)?;
 
     config
         .validate()
@@ -74,6 +91,7 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let proxy = Proxy::new(config)
+            .with_crypto_provider(mesh_examples::crypto_provider())
             .with_prometheus(telemetry.prometheus)
             .with_log_level(telemetry.log);
         let shutdown = proxy.shutdown_handle();
@@ -90,7 +108,42 @@ fn run() -> anyhow::Result<()> {
     })
 }
 
-fn apply_flags(config: &mut Config, args: &Args) {
+fn parse_mode(s: &str) -> Result<InboundMode, String> {
+    match s {
+        "permissive" => Ok(InboundMode::Permissive),
+        "strict" => Ok(InboundMode::Strict),
+        other => Err(format!("{other:?}: expected permissive or strict")),
+    }
+}
+
+fn parse_peer_id(s: &str) -> Result<PeerId, String> {
+    s.parse().map(PeerId).map_err(|e| format!("{e}"))
+}
+
+fn parse_policy(s: &str) -> Result<PolicyConfig, String> {
+    s.parse().map(PolicyConfig).map_err(|e| format!("{e}"))
+}
+
+fn apply_flags(config: &mut Config, args: &Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.identity_dir {
+        match &mut config.identity {
+            Some(id) => id.dir = dir.clone(),
+            None => config.identity = Some(IdentityConfig::new(dir.clone())),
+        }
+    }
+    if let Some(mode) = args.inbound_mode {
+        let id = config
+            .identity
+            .as_mut()
+            .context("--inbound-mode needs an identity (--identity-dir or [identity] dir)")?;
+        id.inbound_mode = mode;
+    }
+    if let Some(p) = &args.outbound_peer_id {
+        config.outbound.peer_id = Some(p.clone());
+    }
+    if let Some(p) = &args.inbound_policy {
+        config.inbound.policy = p.clone();
+    }
     if let Some(a) = args.admin_listen {
         config.admin.listen = a;
     }
@@ -106,4 +159,5 @@ fn apply_flags(config: &mut Config, args: &Args) {
     if let Some(a) = args.inbound_target {
         config.inbound.target = Some(a);
     }
+    Ok(())
 }

@@ -1,7 +1,10 @@
 //! The thin mesh binaries live in this package as `[[example]]` targets: `sidecar`,
 //! `demo`, `meshctl` and `embedded`. This library holds the start-up they share: the
-//! process-wide pieces a library crate must not install — the tracing subscriber (with a filter `/log-level` can change)
-//! and the Prometheus metrics recorder.
+//! process-wide pieces a library crate must not install — the tracing subscriber (with a
+//! filter `/log-level` can change), the Prometheus metrics recorder and the TLS crypto
+//! provider.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -35,4 +38,14 @@ pub fn init(filter: EnvFilter) -> anyhow::Result<Telemetry> {
     metrics::set_global_recorder(recorder).context("cannot install the metrics recorder")?;
     mesh_proxy::telemetry::describe_metrics();
     Ok(Telemetry { prometheus, log })
+}
+
+/// The TLS crypto provider of the mesh binaries: aws-lc-rs, installed as the process default
+/// (so every rustls user in the process agrees) and returned for `Proxy::with_crypto_provider`.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // Already installed (a second call): the installed one is kept and used.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }

@@ -207,6 +207,17 @@ impl PortPolicy {
         self
     }
 
+    /// Every rule this policy can decide by (the default first), to resolve metric handles
+    /// up front.
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<str>> {
+        std::iter::once(&self.default.0).chain(self.paths.iter().map(|(_, rule, _)| rule))
+    }
+
+    /// Whether any path prefix refines the port's default.
+    pub fn has_paths(&self) -> bool {
+        !self.paths.is_empty()
+    }
+
     /// Decides for a peer (`None`: no verified identity) and, for HTTP, a request path
     /// (`None`: a TCP connection, decided by the port's default).
     pub fn decide(&self, peer: Option<&Identity>, path: Option<&str>) -> Decision {

@@ -6,16 +6,15 @@
 //! authority, so a request whose authority is missing or contradictory is refused rather than
 //! guessed at.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Version};
 use mesh_core::BoxError;
 use mesh_core::errors::BadRequest;
-use pin_project_lite::pin_project;
 use tower_service::Service;
+
+use crate::refuse::RefuseOr;
 
 use crate::conn::ConnState;
 
@@ -45,7 +44,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = RefuseOr<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -63,44 +62,8 @@ where
             check_host(&req).err()
         };
         match refused {
-            Some(bad) => ResponseFuture {
-                inner: None,
-                refused: Some(bad),
-            },
-            None => ResponseFuture {
-                inner: Some(self.inner.call(req)),
-                refused: None,
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The inner response, or the refusal.
-    #[derive(Debug)]
-    pub(crate) struct ResponseFuture<F> {
-        #[pin]
-        inner: Option<F>,
-        refused: Option<BadRequest>,
-    }
-}
-
-impl<F, T, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(bad) = this.refused.take() {
-            return Poll::Ready(Err(bad.into()));
-        }
-        match this.inner.as_pin_mut() {
-            Some(f) => f.poll(cx).map_err(Into::into),
-            None => Poll::Pending,
+            Some(bad) => RefuseOr::refuse(bad),
+            None => RefuseOr::call(self.inner.call(req)),
         }
     }
 }

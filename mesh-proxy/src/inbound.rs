@@ -1,9 +1,10 @@
 //! The inbound stack: traffic from the mesh in to the local application.
 //!
 //! Like the outbound stack (see `outbound.rs` for the stages), with the inbound side's own
-//! rule: `l5d-client-id` is the verified peer identity the inbound proxy vouches for
-//! (DESIGN.md §4), so a value a client sent itself is removed before the request reaches
-//! the application. mTLS termination and authorization policy slot in here.
+//! layer: [`Authorize`] applies the port's authorization policy to each request and sets
+//! `l5d-client-id` to the verified peer identity the inbound proxy vouches for (DESIGN.md
+//! §4; a value a client sent itself is removed). Mesh TLS is terminated before this stack,
+//! by the listener, with [`InboundTls`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,15 +18,69 @@ use mesh_core::upgrade::UpgradesLayer;
 use tower::ServiceBuilder;
 use tower_service::Service;
 
+use mesh_core::metrics::{AUTHZ_DECISIONS_TOTAL, TLS_HANDSHAKE_ERRORS_TOTAL};
+use mesh_tls::accept::{InboundKind, MeshAcceptor};
+
+use crate::authz::{Authorize, PortAuthz};
 use crate::checks::RequestChecks;
+use crate::config::InboundMode;
 use crate::conn::ConnState;
 use crate::deadline::ResponseDeadline;
 use crate::http::StackResponse;
+use crate::ratelog::LogLimit;
 use crate::stack::{LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
-/// The header that carries the verified identity of an inbound peer to the application.
-const L5D_CLIENT_ID: &str = "l5d-client-id";
+/// Mesh TLS termination on an inbound listener.
+#[derive(Debug)]
+pub(crate) struct InboundTls {
+    pub(crate) acceptor: MeshAcceptor,
+    pub(crate) mode: InboundMode,
+    /// Handshake failures and strict-mode refusals are logged at most once a second.
+    log: LogLimit,
+    failures: metrics::Counter,
+    refused: metrics::Counter,
+}
+
+impl InboundTls {
+    pub(crate) fn new(acceptor: MeshAcceptor, mode: InboundMode) -> Self {
+        Self {
+            acceptor,
+            mode,
+            log: LogLimit::new(),
+            failures: metrics::counter!(TLS_HANDSHAKE_ERRORS_TOTAL, "direction" => "inbound"),
+            refused: metrics::counter!(
+                AUTHZ_DECISIONS_TOTAL,
+                "direction" => "inbound",
+                "port" => "any",
+                "rule" => "inbound_mode=strict",
+                "decision" => "deny"
+            ),
+        }
+    }
+
+    /// A mesh TLS handshake failed: counted and logged naming the client and why.
+    pub(crate) fn handshake_failed(&self, client: SocketAddr, error: &dyn std::fmt::Display) {
+        self.failures.increment(1);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::warn!(peer = %client, %error, suppressed, "mesh TLS handshake failed; connection closed");
+        }
+    }
+
+    /// A strict listener closes what is not mesh TLS.
+    pub(crate) fn refuse(&self, client: SocketAddr, kind: InboundKind) {
+        self.refused.increment(1);
+        if let Some(suppressed) = self.log.allow() {
+            let what = match kind {
+                InboundKind::Plaintext => "plaintext",
+                InboundKind::PassThrough | InboundKind::Mesh => {
+                    "TLS not addressed to this workload"
+                }
+            };
+            tracing::warn!(peer = %client, what, suppressed, "inbound is strict (mesh TLS only); connection closed");
+        }
+    }
+}
 
 /// The inbound request stack of one client connection to the local application at `addr`.
 pub(crate) fn http_stack(
@@ -34,6 +89,7 @@ pub(crate) fn http_stack(
     addr: SocketAddr,
     conn: &Arc<ConnState>,
     ctx: &Arc<ConnCtx>,
+    authz: Arc<PortAuthz>,
 ) -> impl Service<Request<RequestBody>, Response = StackResponse, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -50,11 +106,8 @@ pub(crate) fn http_stack(
             logical.clone(),
         )))
         .layer(HopByHopLayer::new())
-        // Only the proxy may vouch for a peer's identity.
-        .map_request(|mut req: Request<RequestBody>| {
-            req.headers_mut().remove(L5D_CLIENT_ID);
-            req
-        })
+        // The port's policy per request; l5d-client-id from the verified peer only.
+        .layer(Authorize::layer(authz, &logical.peer))
         .layer(ResponseDeadline::layer(
             conn.clone(),
             dst,

@@ -21,23 +21,27 @@
 //! See ARCHITECTURE.md for the stack order of each listener.
 
 pub mod admin;
+mod authz;
 mod checks;
 pub mod config;
 mod conn;
+mod connect;
 mod deadline;
 mod http;
+mod identity;
 mod inbound;
 mod lifecycle;
 mod listener;
 mod outbound;
 mod ratelog;
+mod refuse;
 mod stack;
 mod tcp;
 pub mod telemetry;
 mod tunnel;
 
 pub use self::admin::LogLevel;
-pub use self::lifecycle::{BindError, BoundProxy, Proxy, Shutdown, signal};
+pub use self::lifecycle::{BindError, BoundProxy, Proxy, Shutdown, StartError, signal};
 
 /// Which way traffic flows through a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

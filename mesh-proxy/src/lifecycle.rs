@@ -13,7 +13,12 @@ use std::time::Duration;
 use mesh_core::client::ClientConfig;
 use mesh_core::connect::{ConnectTimeoutDuration, TcpConnect};
 use mesh_core::detect::DetectConfig;
+use mesh_tls::accept::MeshAcceptor;
+use mesh_tls::connect::TlsConnect;
+use mesh_tls::creds::CredsError;
+use mesh_tls::store::CredentialStore;
 use metrics_exporter_prometheus::PrometheusHandle;
+use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -21,8 +26,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, AdminState, LogLevel};
-use crate::config::{Config, EffectiveConfig};
+use crate::authz::ListenerAuthz;
+use crate::config::{Config, EffectiveConfig, InboundPolicies};
+use crate::connect::Connect;
 use crate::http::ServerSettings;
+use crate::inbound::InboundTls;
 use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
 use crate::stack::Targets;
@@ -47,6 +55,23 @@ impl BindError {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+/// A proxy could not start: a listener address, or its identity.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The `[identity]` credentials could not be loaded or used.
+    #[error("identity: {0}")]
+    Identity(#[from] CredsError),
+    /// An `[identity]` is configured but the binary chose no crypto provider.
+    #[error(
+        "an [identity] needs a TLS crypto provider: the binary passes one with Proxy::with_crypto_provider"
+    )]
+    NoCryptoProvider,
 }
 
 /// Triggers and observes a graceful shutdown. Cloning shares the same signal.
@@ -86,6 +111,7 @@ pub struct Proxy {
     config: EffectiveConfig,
     prometheus: Option<PrometheusHandle>,
     log: Option<Arc<dyn LogLevel>>,
+    provider: Option<Arc<CryptoProvider>>,
     shutdown: Shutdown,
 }
 
@@ -104,8 +130,17 @@ impl Proxy {
             config: EffectiveConfig::new(config),
             prometheus: None,
             log: None,
+            provider: None,
             shutdown: Shutdown::default(),
         }
+    }
+
+    /// The TLS crypto provider mesh TLS uses (required with an `[identity]`). The library
+    /// never picks or installs one itself; the binary chooses, e.g.
+    /// `rustls::crypto::aws_lc_rs::default_provider()`.
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = Some(provider);
+        self
     }
 
     /// Serves `/metrics` from this Prometheus recorder handle.
@@ -130,15 +165,26 @@ impl Proxy {
         self.config.current()
     }
 
-    /// Binds the admin server and the enabled listeners.
+    /// Loads the identity and binds the admin server and the enabled listeners.
     ///
     /// # Errors
     ///
-    /// [`BindError`] naming the listener and address that could not be bound.
-    pub async fn bind(self) -> Result<BoundProxy, BindError> {
+    /// [`StartError::Bind`] naming the listener and address that could not be bound;
+    /// [`StartError::Identity`] naming the credential file that is unusable.
+    pub async fn bind(self) -> Result<BoundProxy, StartError> {
         // One snapshot for everything built here; the holder itself goes to the admin server
         // and the bound proxy, where a reload will replace it.
         let cfg = self.config.current();
+        let identity = match &cfg.identity {
+            Some(id) => {
+                let provider = self.provider.clone().ok_or(StartError::NoCryptoProvider)?;
+                let store = Arc::new(CredentialStore::load(&id.dir, provider)?);
+                let acceptor = MeshAcceptor::new(store.clone())?;
+                tracing::info!(identity = %store.current().identity(), server_name = %acceptor.server_name(), mode = ?id.inbound_mode, "mesh identity loaded");
+                Some((store, acceptor, id.inbound_mode))
+            }
+            None => None,
+        };
         let admin = bind("admin", cfg.admin.listen).await?;
         let outbound = bind_listener("outbound", cfg.outbound.bind_addr()).await?;
         let inbound = bind_listener("inbound", cfg.inbound.bind_addr()).await?;
@@ -156,7 +202,17 @@ impl Proxy {
             .flatten()
             .collect();
 
-        let connect = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
+        let tcp = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
+        let outbound_connect = match &identity {
+            Some((store, _, _)) if cfg.outbound.mtls => {
+                Connect::Mesh(TlsConnect::new(tcp, store.clone()))
+            }
+            _ => Connect::Plain(tcp),
+        };
+        let outbound_peer = cfg
+            .outbound
+            .target
+            .zip(cfg.outbound.peer_id.as_ref().map(|p| p.0.clone()));
         let client = ClientConfig {
             max_idle_per_endpoint: cfg.client.max_idle_per_endpoint,
             idle_timeout: cfg.client.idle_timeout,
@@ -176,7 +232,10 @@ impl Proxy {
         let make_ctx = |direction: Direction,
                         target: Option<SocketAddr>,
                         opaque_ports: &[u16],
-                        local: SocketAddr| {
+                        local: SocketAddr,
+                        targets: Targets,
+                        tls: Option<InboundTls>,
+                        authz: Option<ListenerAuthz>| {
             Arc::new(ListenerCtx {
                 direction,
                 local,
@@ -188,25 +247,51 @@ impl Proxy {
                 idle_timeout: cfg.limits.idle_timeout,
                 response_timeout: cfg.limits.response_timeout,
                 server: server.clone(),
-                targets: Targets::new(direction, connect, client),
+                targets,
                 conns: conns.clone(),
                 cap,
                 refusals: LogLimit::new(),
+                tls,
+                authz,
             })
         };
         let mut listeners = Vec::new();
         if let (Some((l, _)), Some(addr)) = (outbound, outbound_addr) {
             let o = &cfg.outbound;
+            let targets =
+                Targets::new(Direction::Outbound, outbound_connect, client, outbound_peer);
             listeners.push((
                 l,
-                make_ctx(Direction::Outbound, o.target, &o.opaque_ports, addr),
+                make_ctx(
+                    Direction::Outbound,
+                    o.target,
+                    &o.opaque_ports,
+                    addr,
+                    targets,
+                    None,
+                    None,
+                ),
             ));
         }
         if let (Some((l, _)), Some(addr)) = (inbound, inbound_addr) {
             let i = &cfg.inbound;
+            // The hop to the local application is plaintext.
+            let targets = Targets::new(Direction::Inbound, Connect::Plain(tcp), client, None);
+            let tls = identity
+                .as_ref()
+                .map(|(_, acceptor, mode)| InboundTls::new(acceptor.clone(), *mode));
+            let authz = ListenerAuthz::new(&InboundPolicies::new(&i.policy, &i.paths, &i.ports));
             listeners.push((
                 l,
-                make_ctx(Direction::Inbound, i.target, &i.opaque_ports, addr),
+                make_ctx(
+                    Direction::Inbound,
+                    i.target,
+                    &i.opaque_ports,
+                    addr,
+                    targets,
+                    tls,
+                    Some(authz),
+                ),
             ));
         }
         tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, max_connections = cap, "listening");
@@ -218,6 +303,7 @@ impl Proxy {
             inbound_addr,
             grace,
             config: self.config.clone(),
+            identity: identity.map(|(store, _, _)| store),
             admin_state: AdminState {
                 config: self.config,
                 prometheus: self.prometheus,
@@ -267,6 +353,7 @@ pub struct BoundProxy {
     inbound_addr: Option<SocketAddr>,
     grace: Duration,
     config: EffectiveConfig,
+    identity: Option<Arc<CredentialStore>>,
     admin_state: AdminState,
     shutdown: Shutdown,
 }
@@ -295,6 +382,11 @@ impl BoundProxy {
     /// The inbound listener's address, if enabled.
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound_addr
+    }
+
+    /// The identity in force, when an `[identity]` is configured.
+    pub fn identity(&self) -> Option<Arc<mesh_tls::creds::Credentials>> {
+        self.identity.as_ref().map(|s| s.current())
     }
 
     /// The shutdown signal.
@@ -329,6 +421,9 @@ impl BoundProxy {
                 abort.clone(),
             )));
         }
+        let rotation = self
+            .identity
+            .map(|store| tokio::spawn(crate::identity::watch(store)));
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,6 +458,9 @@ impl BoundProxy {
             tracing::info!("all connections drained");
         }
         housekeeping.abort();
+        if let Some(r) = rotation {
+            r.abort();
+        }
         admin.abort();
     }
 }

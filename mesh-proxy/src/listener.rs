@@ -2,7 +2,11 @@
 //!
 //! Per connection, top to bottom: connection cap → target (original destination, else the
 //! listener's configured target; never the proxy itself) → opaque port? → protocol detection
-//! → HTTP/1 or HTTP/2 server, or opaque TCP forward. A watchdog enforces the header-read and
+//! → HTTP/1 or HTTP/2 server, or opaque TCP forward. An inbound listener with an identity
+//! reads the ClientHello first: mesh TLS is terminated (the peer's identity then travels with
+//! the connection) and detection runs again on what it carries; other TLS passes through;
+//! plaintext is served only in permissive mode. Opaque forwarding on the inbound side is
+//! subject to the port's authorization policy; HTTP requests are, each, in the stack. A watchdog enforces the header-read and
 //! idle timeouts, and a drain signal turns into hyper's graceful shutdown (HTTP/2 GOAWAY,
 //! HTTP/1 `Connection: close` on the in-flight response).
 
@@ -11,20 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use mesh_core::detect::{DetectConfig, Protocol, detect};
+use mesh_core::detect::{DetectConfig, Outcome, Protocol, detect};
 use mesh_core::metrics::record_detect;
-use mesh_core::target::{Endpoint, Logical};
+use mesh_core::target::Logical;
+use mesh_tls::accept::InboundKind;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::Direction;
-use crate::config::same_socket;
+use crate::authz::ListenerAuthz;
+use crate::config::{InboundMode, same_socket};
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
 use crate::http::{ConnService, ServerSettings, StackResponse};
+use crate::inbound::InboundTls;
 use crate::ratelog::LogLimit;
-use crate::stack::{LogicalTarget, Targets};
+use crate::stack::{LogicalTarget, Peer, Targets};
 use crate::tunnel::ConnCtx;
 use crate::{inbound, outbound};
 use mesh_core::framing::HeadScanner;
@@ -48,6 +57,10 @@ pub(crate) struct ListenerCtx {
     pub(crate) cap: usize,
     /// Limits log lines about connections refused (cap, loops, no target).
     pub(crate) refusals: LogLimit,
+    /// Inbound with an identity: mesh TLS termination.
+    pub(crate) tls: Option<InboundTls>,
+    /// Inbound: the authorization policy per destination port.
+    pub(crate) authz: Option<ListenerAuthz>,
 }
 
 /// Accepts connections until the drain signal, then drops the listener so new connections
@@ -129,7 +142,7 @@ fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &
 
 async fn handle(
     stream: TcpStream,
-    peer: SocketAddr,
+    client: SocketAddr,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
     conn: &Arc<ConnCtx>,
@@ -140,86 +153,171 @@ async fn handle(
         Ok(a) => a,
         Err(reason) => {
             if let Some(suppressed) = ctx.refusals.allow() {
-                tracing::warn!(direction = dir, %peer, reason, suppressed, "connection refused");
+                tracing::warn!(direction = dir, peer = %client, reason, suppressed, "connection refused");
             }
             return;
         }
     };
-    let target = ctx.targets.logical(&Logical::from(addr));
-    target.tcp.opened();
     let state = ConnState::new();
-    if ctx.opaque_ports.contains(&addr.port()) {
-        record_detect(dir, "opaque-port");
-        let mut io = ServerIo::new(stream, state.clone(), Watch::Bytes);
-        opaque(&mut io, addr, ctx, &state).await;
-    } else {
-        let accepted = Accepted {
-            peer,
+    let accepted = |peer: Peer| {
+        let target = ctx.targets.logical(&Logical::from(addr), &peer);
+        target.tcp.opened();
+        Accepted {
+            client,
             addr,
-            target: target.clone(),
+            target,
             state: state.clone(),
+        }
+    };
+    let opaque_port = ctx.opaque_ports.contains(&addr.port());
+    let Some(tls) = &ctx.tls else {
+        let peer = match ctx.direction {
+            Direction::Outbound => Peer::Local,
+            Direction::Inbound => Peer::Unauthenticated,
         };
-        serve_detected(stream, &accepted, ctx, drain, conn).await;
+        let accepted = accepted(peer);
+        if opaque_port {
+            record_detect(dir, "opaque-port");
+            opaque(stream, &accepted, ctx).await;
+        } else {
+            match detect(ctx.detect, stream).await {
+                Ok((outcome, io)) => serve_detected(outcome, io, &accepted, ctx, drain, conn).await,
+                Err(error) => {
+                    tracing::debug!(direction = dir, peer = %client, %error, "connection failed during detection");
+                }
+            }
+        }
+        accepted.closed();
+        return;
+    };
+
+    // Inbound with an identity: the ClientHello decides first — even on an opaque port, where
+    // mesh peers speak TLS too.
+    let (outcome, io) = match detect(ctx.detect, stream).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(direction = dir, peer = %client, %error, "connection failed during detection");
+            return;
+        }
+    };
+    let hello = match outcome.protocol() {
+        Protocol::Tls(hello) => Some(hello),
+        _ => None,
+    };
+    let kind = tls.acceptor.classify(hello.as_ref());
+    if kind != InboundKind::Mesh && tls.mode == InboundMode::Strict {
+        record_detect(dir, outcome.label());
+        tls.refuse(client, kind);
+        return;
     }
-    let (read, written) = state.bytes();
-    target.tcp.closed(read, written);
+    match kind {
+        InboundKind::Mesh => {
+            record_detect(dir, "mesh-tls");
+            let handshake = tokio::time::timeout(ctx.header_timeout, tls.acceptor.accept(io)).await;
+            let (io, id) = match handshake {
+                Ok(Ok(done)) => done,
+                Ok(Err(error)) => return tls.handshake_failed(client, &error),
+                Err(_) => return tls.handshake_failed(client, &"the handshake timed out"),
+            };
+            let span = tracing::info_span!("mesh", peer = %client, peer_id = %id);
+            let accepted = accepted(Peer::Mesh(id));
+            async {
+                tracing::debug!("mesh TLS connection accepted");
+                if opaque_port {
+                    opaque(io, &accepted, ctx).await;
+                } else {
+                    match detect(ctx.detect, io).await {
+                        Ok((outcome, io)) => {
+                            serve_detected(outcome, io, &accepted, ctx, drain, conn).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "mesh connection failed during detection");
+                        }
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+            accepted.closed();
+        }
+        InboundKind::PassThrough => {
+            record_detect(dir, outcome.label());
+            tracing::debug!(peer = %client, sni = ?hello.and_then(|h| h.server_name), "passing TLS for another name through");
+            let accepted = accepted(Peer::Unauthenticated);
+            opaque(io, &accepted, ctx).await;
+            accepted.closed();
+        }
+        InboundKind::Plaintext => {
+            let accepted = accepted(Peer::Unauthenticated);
+            if opaque_port {
+                record_detect(dir, "opaque-port");
+                opaque(io, &accepted, ctx).await;
+            } else {
+                serve_detected(outcome, io, &accepted, ctx, drain, conn).await;
+            }
+            accepted.closed();
+        }
+    }
 }
 
-/// An accepted connection whose destination is known.
+/// An accepted connection whose destination and client are known.
 struct Accepted {
-    peer: SocketAddr,
+    client: SocketAddr,
     /// The destination address.
     addr: SocketAddr,
     target: Arc<LogicalTarget>,
     state: Arc<ConnState>,
 }
 
-async fn serve_detected(
-    stream: TcpStream,
+impl Accepted {
+    /// Counts the connection closed, with its bytes.
+    fn closed(&self) {
+        let (read, written) = self.state.bytes();
+        self.target.tcp.closed(read, written);
+    }
+}
+
+/// Serves a connection whose protocol detection has finished.
+async fn serve_detected<I>(
+    outcome: Outcome,
+    io: I,
     accepted: &Accepted,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
     conn: &Arc<ConnCtx>,
-) {
-    let Accepted {
-        peer,
-        addr,
-        target,
-        state,
-    } = accepted;
-    let (peer, addr) = (*peer, *addr);
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let dir = ctx.direction.as_str();
-    let (outcome, io) = match detect(ctx.detect, stream).await {
-        Ok(d) => d,
-        Err(error) => {
-            tracing::debug!(direction = dir, %peer, %error, "connection failed during detection");
-            return;
-        }
-    };
     record_detect(dir, outcome.label());
     let h2 = match outcome.protocol() {
         Protocol::Http1 => false,
         Protocol::Http2 => true,
         Protocol::Tls(hello) => {
-            tracing::debug!(direction = dir, %peer, sni = ?hello.server_name, "forwarding TLS as opaque");
-            let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
-            opaque(&mut io, addr, ctx, state).await;
+            tracing::debug!(direction = dir, peer = %accepted.client, sni = ?hello.server_name, "forwarding TLS as opaque");
+            opaque(io, accepted, ctx).await;
             return;
         }
         Protocol::Opaque => {
-            let mut io = ServerIo::new(io, state.clone(), Watch::Bytes);
-            opaque(&mut io, addr, ctx, state).await;
+            opaque(io, accepted, ctx).await;
             return;
         }
     };
+    let Accepted {
+        addr,
+        target,
+        state,
+        ..
+    } = accepted;
     let targets = &ctx.targets;
-    match ctx.direction {
-        Direction::Outbound => {
-            let stack = outbound::http_stack(targets, target, addr, state, conn);
+    match (ctx.direction, &ctx.authz) {
+        (Direction::Inbound, Some(authz)) => {
+            let authz = authz.port(addr.port()).clone();
+            let stack = inbound::http_stack(targets, target, *addr, state, conn, authz);
             serve_http(io, h2, stack, ctx, state, drain).await;
         }
-        Direction::Inbound => {
-            let stack = inbound::http_stack(targets, target, addr, state, conn);
+        _ => {
+            let stack = outbound::http_stack(targets, target, *addr, state, conn);
             serve_http(io, h2, stack, ctx, state, drain).await;
         }
     }
@@ -271,13 +369,26 @@ async fn serve_http<I, S>(
     }
 }
 
-async fn opaque<I>(io: &mut I, addr: SocketAddr, ctx: &ListenerCtx, state: &ConnState)
+/// Forwards a connection as opaque TCP, once the inbound policy admits its peer.
+async fn opaque<I>(io: I, accepted: &Accepted, ctx: &ListenerCtx)
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
+    let addr = accepted.addr;
+    if let Some(authz) = &ctx.authz {
+        let port = authz.port(addr.port());
+        let peer = accepted.target.peer.identity();
+        let decision = port.decide(peer, None);
+        if !decision.allowed {
+            // Closed before a byte reaches the application.
+            port.log_denied(peer, &decision, "tcp connection");
+            return;
+        }
+    }
+    let mut io = ServerIo::new(io, accepted.state.clone(), Watch::Bytes);
     tokio::select! {
-        () = crate::tcp::forward(io, Endpoint::from(addr), ctx.targets.connect()) => {}
-        _ = state.expired(None, ctx.idle_timeout, None) => {
+        () = crate::tcp::forward(&mut io, ctx.targets.opaque_endpoint(addr), ctx.targets.connect()) => {}
+        _ = accepted.state.expired(None, ctx.idle_timeout, None) => {
             tracing::debug!(direction = ctx.direction.as_str(), %addr, "idle opaque connection closed");
         }
     }

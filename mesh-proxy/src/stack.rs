@@ -22,13 +22,14 @@ use mesh_core::BoxError;
 use mesh_core::body::{ProxyBody, RequestBody};
 use mesh_core::cache::Cache;
 use mesh_core::client::{ClientConfig, HttpEndpoint};
-use mesh_core::connect::TcpConnect;
 use mesh_core::errors::RespondLayer;
+use mesh_core::identity::Identity;
 use mesh_core::metrics::{HttpMetrics, TcpMetrics};
-use mesh_core::target::{Concrete, Endpoint, Logical};
+use mesh_core::target::{Concrete, Endpoint, Logical, ProtocolHint};
 use tower_service::Service;
 
 use crate::Direction;
+use crate::connect::Connect;
 
 /// The most targets each cache of one listener holds.
 pub(crate) const MAX_TARGETS: usize = 10_000;
@@ -49,7 +50,7 @@ pub(crate) type BoxResponse =
 #[derive(Clone, Debug)]
 pub(crate) enum ConcreteStack {
     /// One endpoint, forwarded to directly (a destination named by its address).
-    Forward(HttpEndpoint),
+    Forward(HttpEndpoint<Connect>),
 }
 
 impl Service<Request<RequestBody>> for ConcreteStack {
@@ -72,10 +73,41 @@ impl Service<Request<RequestBody>> for ConcreteStack {
     }
 }
 
-/// What a listener keeps per logical destination.
+/// Who the client of an inbound connection is, as far as the proxy can vouch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Peer {
+    /// Not an inbound connection: no peer labels.
+    Local,
+    /// No verified identity (plaintext, or TLS passed through).
+    Unauthenticated,
+    /// A mesh TLS peer with this verified identity.
+    Mesh(Identity),
+}
+
+impl Peer {
+    /// The verified identity, if any.
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        match self {
+            Peer::Mesh(id) => Some(id),
+            Peer::Local | Peer::Unauthenticated => None,
+        }
+    }
+
+    /// The `tls` and `peer_id` metric labels (none for [`Peer::Local`]).
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Peer::Local => Vec::new(),
+            Peer::Unauthenticated => vec![("tls", "false".into()), ("peer_id", String::new())],
+            Peer::Mesh(id) => vec![("tls", "true".into()), ("peer_id", id.to_string())],
+        }
+    }
+}
+
+/// What a listener keeps per logical destination (and, inbound, per peer identity).
 #[derive(Debug)]
 pub(crate) struct LogicalTarget {
     pub(crate) logical: Logical,
+    pub(crate) peer: Peer,
     pub(crate) http: Arc<HttpMetrics>,
     pub(crate) tcp: TcpMetrics,
     /// Answers failures with the one classifier; shares one log limit per destination.
@@ -86,40 +118,64 @@ pub(crate) struct LogicalTarget {
 #[derive(Debug)]
 pub(crate) struct Targets {
     direction: Direction,
-    connect: TcpConnect,
+    connect: Connect,
     client: ClientConfig,
-    logicals: Cache<Logical, Arc<LogicalTarget>>,
+    /// The identity the listener's configured target must present (`outbound.peer_id`).
+    target_identity: Option<(SocketAddr, Identity)>,
+    logicals: Cache<(Logical, Peer), Arc<LogicalTarget>>,
     concretes: Cache<Concrete, ConcreteStack>,
-    endpoints: Cache<Endpoint, HttpEndpoint>,
+    endpoints: Cache<Endpoint, HttpEndpoint<Connect>>,
 }
 
 impl Targets {
-    pub(crate) fn new(direction: Direction, connect: TcpConnect, client: ClientConfig) -> Self {
+    pub(crate) fn new(
+        direction: Direction,
+        connect: Connect,
+        client: ClientConfig,
+        target_identity: Option<(SocketAddr, Identity)>,
+    ) -> Self {
         let max = NonZeroUsize::new(MAX_TARGETS).unwrap_or(NonZeroUsize::MIN);
         Self {
             direction,
             connect,
             client,
+            target_identity,
             logicals: Cache::new(max, TARGET_IDLE),
             concretes: Cache::new(max, TARGET_IDLE),
             endpoints: Cache::new(max, TARGET_IDLE),
         }
     }
 
-    /// The connect stack (plain TCP today; mTLS wraps it).
-    pub(crate) fn connect(&self) -> TcpConnect {
-        self.connect
+    /// The connect stack: plain TCP, or mesh TLS over it.
+    pub(crate) fn connect(&self) -> Connect {
+        self.connect.clone()
     }
 
-    /// The logical destination's shared pieces.
-    pub(crate) fn logical(&self, logical: &Logical) -> Arc<LogicalTarget> {
-        self.logicals.get_or_build(logical, |l| {
+    /// The endpoint target for an address: what it is expected to present, if known.
+    pub(crate) fn endpoint_at(&self, addr: SocketAddr) -> Endpoint {
+        match &self.target_identity {
+            Some((target, id)) if *target == addr => Endpoint::from(addr).with_identity(id.clone()),
+            _ => Endpoint::from(addr),
+        }
+    }
+
+    /// The endpoint target for an opaque TCP connection to `addr`.
+    pub(crate) fn opaque_endpoint(&self, addr: SocketAddr) -> Endpoint {
+        self.endpoint_at(addr).with_protocol(ProtocolHint::Opaque)
+    }
+
+    /// The logical destination's shared pieces, for a client that is `peer`.
+    pub(crate) fn logical(&self, logical: &Logical, peer: &Peer) -> Arc<LogicalTarget> {
+        let key = (logical.clone(), peer.clone());
+        self.logicals.get_or_build(&key, |(l, peer)| {
             let dir = self.direction.as_str();
             let dst = l.text().to_string();
+            let labels = peer.labels();
             Arc::new(LogicalTarget {
                 logical: l.clone(),
-                http: Arc::new(HttpMetrics::new(dir, dst.clone())),
-                tcp: TcpMetrics::new(dir, dst),
+                peer: peer.clone(),
+                http: Arc::new(HttpMetrics::with_labels(dir, dst.clone(), &labels)),
+                tcp: TcpMetrics::with_labels(dir, dst, &labels),
                 respond: RespondLayer::new(l.text().clone()),
             })
         })
@@ -135,9 +191,9 @@ impl Targets {
     }
 
     /// The endpoint's HTTP client.
-    pub(crate) fn endpoint(&self, endpoint: &Endpoint) -> HttpEndpoint {
+    pub(crate) fn endpoint(&self, endpoint: &Endpoint) -> HttpEndpoint<Connect> {
         self.endpoints.get_or_build(endpoint, |e| {
-            HttpEndpoint::new(e.clone(), self.connect, self.client)
+            HttpEndpoint::new(e.clone(), self.connect.clone(), self.client)
         })
     }
 
@@ -146,7 +202,7 @@ impl Targets {
     /// when the concrete stage is built, so it stays cached — and its idle connections
     /// swept — while it is in use.
     pub(crate) fn route_to(&self, addr: SocketAddr) -> FixedRoute {
-        let endpoint = self.endpoint(&Endpoint::from(addr));
+        let endpoint = self.endpoint(&self.endpoint_at(addr));
         FixedRoute::new(self.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint)))
     }
 

@@ -202,6 +202,17 @@ impl App {
         let path = req.uri().path().to_owned();
         match path.as_str() {
             "/" => text(StatusCode::OK, "hello from mesh\n"),
+            "/headers" => {
+                // What arrived: the version, then every header (e.g. l5d-client-id).
+                let mut out = format!("version: {:?}\n", req.version());
+                for (name, value) in req.headers() {
+                    out.push_str(&format!(
+                        "{name}: {}\n",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ));
+                }
+                text(StatusCode::OK, out)
+            }
             "/collect" => {
                 // Reads the whole body before answering (so a hyper server asks an
                 // `Expect: 100-continue` client for it), then answers with it.

@@ -4,8 +4,10 @@
 //! Every certificate is ECDSA P-256. A CA certificate carries its trust domain as a URI SAN
 //! (`spiffe://<trust-domain>`), so a CA loaded from disk knows which identities it may sign;
 //! it has no name constraints (webpki refuses URI name constraints). A workload certificate
-//! carries exactly one URI SAN, the workload's SPIFFE ID, and may be used as a TLS client and
-//! server certificate. An ID outside the CA's trust domain is refused.
+//! carries exactly one URI SAN, the workload's SPIFFE ID — and, for ordinary TLS clients such
+//! as curl, the mesh server name derived from it ([`crate::creds::server_name`]) as a DNS
+//! SAN — and may be used as a TLS client and server certificate. An ID outside the CA's trust
+//! domain is refused.
 //!
 //! On disk (as `meshctl ca` writes them): a CA directory holds `ca.pem` (the CA's certificate,
 //! then its issuers' up to the root) and `ca.key` (mode 0600); a workload directory holds
@@ -188,6 +190,12 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.subject_alt_names = vec![uri_san(&id.to_string())?];
+        // The mesh server name as a DNS SAN too, so ordinary TLS clients (curl, openssl)
+        // can verify a workload by the name mesh peers send in SNI; mesh peers themselves
+        // check the SPIFFE ID.
+        if let Ok(dns) = crate::creds::server_name(id).try_into() {
+            params.subject_alt_names.push(SanType::DnsName(dns));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, SharedString, Unit};
+use metrics::{Counter, Histogram, Label, SharedString, Unit};
 
 use crate::classify::ResponseClass;
 
@@ -34,6 +34,14 @@ pub const TCP_READ_BYTES_TOTAL: &str = "mesh_tcp_read_bytes_total";
 pub const TCP_WRITE_BYTES_TOTAL: &str = "mesh_tcp_write_bytes_total";
 /// `mesh_detect_total{direction,protocol}`: protocol detection outcomes.
 pub const DETECT_TOTAL: &str = "mesh_detect_total";
+/// `mesh_authz_decisions_total{direction,port,rule,decision}`: inbound authorization
+/// decisions, by the rule that made them (`decision` is `allow` or `deny`).
+pub const AUTHZ_DECISIONS_TOTAL: &str = "mesh_authz_decisions_total";
+/// `mesh_tls_handshake_errors_total{direction}`: mesh TLS handshakes that failed.
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "mesh_tls_handshake_errors_total";
+/// `mesh_identity_cert_expiry_timestamp_seconds{identity}`: when the workload certificate
+/// in force expires (Unix time).
+pub const IDENTITY_CERT_EXPIRY: &str = "mesh_identity_cert_expiry_timestamp_seconds";
 
 /// Latency histogram bucket bounds, in seconds: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -68,6 +76,19 @@ pub fn describe() {
         "Bytes written to clients."
     );
     metrics::describe_counter!(DETECT_TOTAL, "Protocol detection outcomes.");
+    metrics::describe_counter!(
+        AUTHZ_DECISIONS_TOTAL,
+        "Inbound authorization decisions, by the rule that made them."
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        "Mesh TLS handshakes that failed."
+    );
+    metrics::describe_gauge!(
+        IDENTITY_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the workload certificate in force expires, as a Unix timestamp."
+    );
 }
 
 /// Counts a detection outcome.
@@ -75,11 +96,21 @@ pub fn record_detect(direction: &'static str, protocol: &'static str) {
     metrics::counter!(DETECT_TOTAL, "direction" => direction, "protocol" => protocol).increment(1);
 }
 
-/// Request and response metrics for one `(direction, dst)`.
-#[derive(Debug)]
-pub struct HttpMetrics {
+/// The labels of one target's metrics: `direction`, `dst`, then any extra ones.
+fn target_labels(
     direction: &'static str,
     dst: SharedString,
+    extra: &[(&'static str, String)],
+) -> Vec<Label> {
+    let mut labels = vec![Label::new("direction", direction), Label::new("dst", dst)];
+    labels.extend(extra.iter().map(|(k, v)| Label::new(*k, v.clone())));
+    labels
+}
+
+/// Request and response metrics for one `(direction, dst)` (and, inbound, peer).
+#[derive(Debug)]
+pub struct HttpMetrics {
+    labels: Vec<Label>,
     requests: Counter,
     latency: Histogram,
     responses: Mutex<Vec<(u16, ResponseClass, Counter)>>,
@@ -88,12 +119,21 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Resolves the handles for `direction` and `dst`.
     pub fn new(direction: &'static str, dst: impl Into<SharedString>) -> Self {
-        let dst = dst.into();
+        Self::with_labels(direction, dst, &[])
+    }
+
+    /// Resolves the handles for `direction`, `dst` and `extra` labels (inbound: `tls` and
+    /// `peer_id`).
+    pub fn with_labels(
+        direction: &'static str,
+        dst: impl Into<SharedString>,
+        extra: &[(&'static str, String)],
+    ) -> Self {
+        let labels = target_labels(direction, dst.into(), extra);
         Self {
-            direction,
-            requests: metrics::counter!(REQUEST_TOTAL, "direction" => direction, "dst" => dst.clone()),
-            latency: metrics::histogram!(RESPONSE_LATENCY_SECONDS, "direction" => direction, "dst" => dst.clone()),
-            dst,
+            requests: metrics::counter!(REQUEST_TOTAL, labels.iter()),
+            latency: metrics::histogram!(RESPONSE_LATENCY_SECONDS, labels.iter()),
+            labels,
             responses: Mutex::new(Vec::new()),
         }
     }
@@ -123,13 +163,10 @@ impl HttpMetrics {
         } else {
             "other".to_owned()
         };
-        let c = metrics::counter!(
-            RESPONSE_TOTAL,
-            "direction" => self.direction,
-            "dst" => self.dst.clone(),
-            "status_code" => label,
-            "classification" => class.label()
-        );
+        let mut labels = self.labels.clone();
+        labels.push(Label::new("status_code", label));
+        labels.push(Label::new("classification", class.label()));
+        let c = metrics::counter!(RESPONSE_TOTAL, labels);
         c.increment(1);
         responses.push((code, class, c));
     }
@@ -147,12 +184,21 @@ pub struct TcpMetrics {
 impl TcpMetrics {
     /// Resolves the handles for `direction` and `dst`.
     pub fn new(direction: &'static str, dst: impl Into<SharedString>) -> Self {
-        let dst = dst.into();
+        Self::with_labels(direction, dst, &[])
+    }
+
+    /// Resolves the handles for `direction`, `dst` and `extra` labels.
+    pub fn with_labels(
+        direction: &'static str,
+        dst: impl Into<SharedString>,
+        extra: &[(&'static str, String)],
+    ) -> Self {
+        let labels = target_labels(direction, dst.into(), extra);
         Self {
-            open: metrics::counter!(TCP_OPEN_TOTAL, "direction" => direction, "dst" => dst.clone()),
-            close: metrics::counter!(TCP_CLOSE_TOTAL, "direction" => direction, "dst" => dst.clone()),
-            read: metrics::counter!(TCP_READ_BYTES_TOTAL, "direction" => direction, "dst" => dst.clone()),
-            write: metrics::counter!(TCP_WRITE_BYTES_TOTAL, "direction" => direction, "dst" => dst),
+            open: metrics::counter!(TCP_OPEN_TOTAL, labels.iter()),
+            close: metrics::counter!(TCP_CLOSE_TOTAL, labels.iter()),
+            read: metrics::counter!(TCP_READ_BYTES_TOTAL, labels.iter()),
+            write: metrics::counter!(TCP_WRITE_BYTES_TOTAL, labels.iter()),
         }
     }
 

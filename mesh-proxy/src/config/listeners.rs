@@ -1,14 +1,18 @@
 //! The two proxy listeners, each its own section type.
 //!
-//! Inbound and outbound accept the same keys today, but they are different sections that grow
-//! apart: outbound will name the router that resolves its traffic (`router = "default"`),
-//! inbound will carry the authorization policy its peers must satisfy (`policy = ...`). Two
-//! types, each with `deny_unknown_fields`, mean a key that belongs to one direction is
-//! rejected in the other with its line, instead of being accepted and ignored.
+//! Inbound and outbound share their listening keys and grow apart: outbound names the
+//! identity its fixed target must present (`peer_id`) and will name the router that resolves
+//! its traffic (`router = "default"`); inbound carries the authorization policy its peers
+//! must satisfy (`policy`, `paths`, `ports`). Two types, each with `deny_unknown_fields`,
+//! mean a key that belongs to one direction is rejected in the other with its line, instead
+//! of being accepted and ignored.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+use super::identity::{PeerId, PolicyConfig, PortPolicyConfig};
 
 /// The default outbound listener address, `127.0.0.1:4140`.
 pub const OUTBOUND_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4140);
@@ -44,6 +48,14 @@ pub struct OutboundConfig {
     /// Default: [`default_opaque_ports`] (21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379,
     /// 9300, 11211).
     pub opaque_ports: Vec<u16>,
+    /// With an `[identity]`: whether connections to destinations are mesh TLS. Default:
+    /// true — every destination is taken to be meshed (with no expected identity known, its
+    /// peer must belong to the trust domain). Set false to send plaintext while keeping an
+    /// identity for the inbound side.
+    pub mtls: bool,
+    /// The SPIFFE ID `target` must present over mesh TLS. Default: none — any identity of
+    /// the trust domain.
+    pub peer_id: Option<PeerId>,
 }
 
 impl Default for OutboundConfig {
@@ -53,6 +65,8 @@ impl Default for OutboundConfig {
             listen: Some(OUTBOUND_LISTEN),
             target: None,
             opaque_ports: default_opaque_ports(),
+            mtls: true,
+            peer_id: None,
         }
     }
 }
@@ -83,6 +97,18 @@ pub struct InboundConfig {
     /// Default: [`default_opaque_ports`] (21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379,
     /// 9300, 11211).
     pub opaque_ports: Vec<u16>,
+    /// Who may connect, for every port without its own entry in `ports`: `"deny"`,
+    /// `"all-unauthenticated"`, `"all-authenticated"` (any verified mesh identity) or a list
+    /// of SPIFFE IDs, each exact or ending in `*`. Default: `"all-unauthenticated"`. Denied
+    /// HTTP requests get 403 (gRPC `PERMISSION_DENIED`); denied TCP connections are closed
+    /// before any byte reaches the application.
+    pub policy: PolicyConfig,
+    /// HTTP path prefix → policy, refining `policy` per route (the longest prefix decides).
+    /// Default: none.
+    pub paths: BTreeMap<String, PolicyConfig>,
+    /// Per destination port (`[inbound.ports.8080]`): `policy` and `paths` for that port,
+    /// each defaulting to the section's. Default: none.
+    pub ports: BTreeMap<String, PortPolicyConfig>,
 }
 
 impl Default for InboundConfig {
@@ -92,6 +118,9 @@ impl Default for InboundConfig {
             listen: Some(INBOUND_LISTEN),
             target: None,
             opaque_ports: default_opaque_ports(),
+            policy: PolicyConfig::default(),
+            paths: BTreeMap::new(),
+            ports: BTreeMap::new(),
         }
     }
 }

@@ -173,7 +173,23 @@ impl Config {
         self.limits.check()?;
         self.client.check()?;
         self.shutdown.check()?;
-        self.check_listeners()
+        self.inbound.check()?;
+        self.check_listeners()?;
+        self.check_identity()
+    }
+
+    /// Keys that only mean something with an identity.
+    fn check_identity(&self) -> Result<(), Invalid> {
+        if self.identity.is_none()
+            && let Some(id) = &self.outbound.peer_id
+        {
+            return Err((
+                "outbound.peer_id",
+                format!("\"{}\"", id.0),
+                "needs an [identity] section (mesh TLS) to be checked".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Listeners that would loop into each other or share an address.
@@ -274,6 +290,42 @@ impl ClientSettings {
                 "\"0s\"".into(),
                 "must be greater than zero".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl super::InboundConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        let path_ok = |p: &String| p.starts_with('/');
+        if let Some(p) = self.paths.keys().find(|p| !path_ok(p)) {
+            return Err((
+                "inbound.paths",
+                format!("\"{p}\""),
+                "a path prefix starts with /".into(),
+            ));
+        }
+        for (port, cfg) in &self.ports {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err((
+                    "inbound.ports",
+                    format!("\"{port}\""),
+                    "not a port number (1-65535)".into(),
+                ));
+            }
+            if let Some(p) = cfg
+                .paths
+                .iter()
+                .flatten()
+                .map(|(p, _)| p)
+                .find(|p| !path_ok(p))
+            {
+                return Err((
+                    "inbound.ports",
+                    format!("\"{p}\""),
+                    "a path prefix starts with /".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -28,16 +28,16 @@
 //! other. Validation that types cannot express runs per section, then across sections
 //! (a target that loops back into a listener), in `load.rs`.
 //!
+//! `[identity]` ([`IdentityConfig`]) is optional: absent means plaintext everywhere.
+//!
 //! The sections still to come each arrive as one new field of [`Config`] (which is
 //! `#[non_exhaustive]`, so adding one breaks no caller), its own type, and one line in the
 //! per-section check:
 //!
-//! - `[identity]` — `identity: Option<IdentityConfig>`; absent means plaintext.
 //! - `[routers.<name>]` — `routers: BTreeMap<String, RouterConfig>` (identifier, dtab, and
 //!   per-service settings nested under `[routers.<name>.service."<path>"]`); `[outbound]`
 //!   gains `router = "<name>"`, checked across sections to name a configured router.
 //! - `[namers.<name>]` — `namers: BTreeMap<String, NamerConfig>`, shared by every router.
-//! - `[inbound]` gains `policy`, the authorization its peers must satisfy.
 //!
 //! # The effective configuration
 //!
@@ -47,6 +47,7 @@
 //! Readers see the old or the new file, never a mix, and never wait on a lock.
 //! [`BoundProxy::config`](crate::BoundProxy::config) returns the one in force.
 
+mod identity;
 mod listeners;
 mod load;
 
@@ -59,6 +60,8 @@ use arc_swap::ArcSwap;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::identity::InboundPolicies;
+pub use self::identity::{IdentityConfig, InboundMode, PeerId, PolicyConfig, PortPolicyConfig};
 pub use self::listeners::{
     INBOUND_LISTEN, InboundConfig, OUTBOUND_LISTEN, OutboundConfig, default_opaque_ports,
 };
@@ -85,6 +88,8 @@ pub struct Config {
     pub client: ClientSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The workload's mesh identity; absent: plaintext.
+    pub identity: Option<IdentityConfig>,
 }
 
 /// The configuration in force, shared by a proxy and its admin server.
