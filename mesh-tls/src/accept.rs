@@ -2,7 +2,8 @@
 //!
 //! The inbound listener reads a connection's first bytes before anything else (mesh-core's
 //! detection, which reassembles a ClientHello fragmented over several records). A ClientHello
-//! naming this workload's mesh server name ([`crate::creds::server_name`]) is mesh TLS: it is
+//! naming a mesh server name of this workload's trust domain ([`crate::creds::server_name`]:
+//! `….identity.<td>`, or `identity.<td>` for any workload of it) is mesh TLS: it is
 //! terminated with a mandatory, verified client certificate, and the peer's identity travels
 //! with the connection. Any other ClientHello is someone else's TLS and passes through
 //! untouched; no TLS at all is plaintext, which only a permissive port accepts.
@@ -39,9 +40,18 @@ struct Built {
     generation: u64,
     acceptor: tokio_rustls::TlsAcceptor,
     server_name: Arc<str>,
+    /// `identity.<td>`: the trust domain's mesh namespace.
+    domain: Arc<str>,
 }
 
 /// Terminates mesh TLS for one workload identity.
+///
+/// A ClientHello is mesh TLS when its server name is in the trust domain's mesh namespace:
+/// `identity.<td>` (a client that expects any identity of the trust domain) or a name ending
+/// in `.identity.<td>` (a client that expects one workload). A client that expects another
+/// workload than this one is still terminated: it then sees this workload's certificate and
+/// fails the request naming both identities, rather than being passed through to the
+/// application as if it were someone else's TLS.
 ///
 /// Each handshake uses the credentials in force in the [`CredentialStore`]: after a
 /// rotation, new connections are served with the new certificate and verified against the
@@ -105,10 +115,21 @@ impl MeshAcceptor {
 
     /// What a connection is, from the ClientHello detection found (`None`: not TLS).
     pub fn classify(&self, hello: Option<&ClientHello>) -> InboundKind {
-        match hello {
-            None => InboundKind::Plaintext,
-            Some(h) if h.server_name.as_deref() == Some(&*self.server_name()) => InboundKind::Mesh,
-            Some(_) => InboundKind::PassThrough,
+        let Some(hello) = hello else {
+            return InboundKind::Plaintext;
+        };
+        let built = self.current();
+        let domain = &*built.domain;
+        match hello.server_name.as_deref() {
+            Some(name)
+                if name == domain
+                    || name
+                        .strip_suffix(domain)
+                        .is_some_and(|head| head.ends_with('.')) =>
+            {
+                InboundKind::Mesh
+            }
+            _ => InboundKind::PassThrough,
         }
     }
 
@@ -148,5 +169,6 @@ fn build(store: &CredentialStore) -> Result<Built, CredsError> {
         generation,
         acceptor: tokio_rustls::TlsAcceptor::from(config),
         server_name: server_name(creds.identity()).into(),
+        domain: format!("identity.{}", creds.trust_domain()).into(),
     })
 }
