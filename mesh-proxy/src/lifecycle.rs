@@ -37,12 +37,13 @@ use crate::stack::Targets;
 
 /// A listener address could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({which}): {source}")]
+// The I/O error is part of the message and not also a `source`, so an error chain printed
+// whole (`{:#}`) names it once.
+#[error("cannot listen on {addr} ({which}): {error}")]
 pub struct BindError {
     which: &'static str,
     addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
+    error: std::io::Error,
 }
 
 impl BindError {
@@ -316,11 +317,9 @@ impl Proxy {
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
-        which,
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| BindError { which, addr, error })
 }
 
 async fn bind_listener(
@@ -338,11 +337,8 @@ fn local_addr(
     l: &TcpListener,
     addr: SocketAddr,
 ) -> Result<SocketAddr, BindError> {
-    l.local_addr().map_err(|source| BindError {
-        which,
-        addr,
-        source,
-    })
+    l.local_addr()
+        .map_err(|error| BindError { which, addr, error })
 }
 
 /// A proxy whose listeners are bound; [`BoundProxy::run`] serves them.

@@ -189,6 +189,15 @@ impl Config {
                 "needs an [identity] section (mesh TLS) to be checked".into(),
             ));
         }
+        if !self.outbound.mtls
+            && let Some(id) = &self.outbound.peer_id
+        {
+            return Err((
+                "outbound.peer_id",
+                format!("\"{}\"", id.0),
+                "is only checked over mesh TLS, and outbound.mtls = false".into(),
+            ));
+        }
         Ok(())
     }
 
