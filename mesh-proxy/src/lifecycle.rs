@@ -206,7 +206,11 @@ impl Proxy {
         let tcp = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
         let outbound_connect = match &identity {
             Some((store, _, _)) if cfg.outbound.mtls => {
-                Connect::Mesh(TlsConnect::new(tcp, store.clone()))
+                // Opening an upstream connection includes its handshake: one bound each.
+                Connect::Mesh(
+                    TlsConnect::new(tcp, store.clone())
+                        .with_handshake_timeout(cfg.limits.connect_timeout),
+                )
             }
             _ => Connect::Plain(tcp),
         };

@@ -158,41 +158,60 @@ async fn handle(
             return;
         }
     };
-    let state = ConnState::new();
-    let accepted = |peer: Peer| {
-        let target = ctx.targets.logical(&Logical::from(addr), &peer);
-        target.tcp.opened();
-        Accepted {
-            client,
-            addr,
-            target,
-            state: state.clone(),
+    // Each kind of connection in its own allocation, sized for it: a task holding every
+    // branch inline would cost every connection the largest one.
+    match &ctx.tls {
+        None => Box::pin(serve_plain(stream, client, addr, ctx, drain, conn)).await,
+        Some(tls) => {
+            Box::pin(serve_inbound_tls(
+                stream, tls, client, addr, ctx, drain, conn,
+            ))
+            .await
         }
+    }
+}
+
+/// A connection without mesh TLS termination: outbound, or inbound without an identity.
+async fn serve_plain(
+    stream: TcpStream,
+    client: SocketAddr,
+    addr: SocketAddr,
+    ctx: &ListenerCtx,
+    drain: watch::Receiver<bool>,
+    conn: &Arc<ConnCtx>,
+) {
+    let peer = match ctx.direction {
+        Direction::Outbound => Peer::Local,
+        Direction::Inbound => Peer::Unauthenticated,
     };
-    let opaque_port = ctx.opaque_ports.contains(&addr.port());
-    let Some(tls) = &ctx.tls else {
-        let peer = match ctx.direction {
-            Direction::Outbound => Peer::Local,
-            Direction::Inbound => Peer::Unauthenticated,
-        };
-        let accepted = accepted(peer);
-        if opaque_port {
-            record_detect(dir, "opaque-port");
-            opaque(stream, &accepted, ctx).await;
-        } else {
-            match detect(ctx.detect, stream).await {
-                Ok((outcome, io)) => serve_detected(outcome, io, &accepted, ctx, drain, conn).await,
-                Err(error) => {
-                    tracing::debug!(direction = dir, peer = %client, %error, "connection failed during detection");
-                }
+    let accepted = Accepted::open(ctx, client, addr, peer);
+    if ctx.opaque_ports.contains(&addr.port()) {
+        record_detect(ctx.direction.as_str(), "opaque-port");
+        Box::pin(opaque(stream, &accepted, ctx)).await;
+    } else {
+        match detect(ctx.detect, stream).await {
+            Ok((outcome, io)) => serve_detected(outcome, io, &accepted, ctx, drain, conn).await,
+            Err(error) => {
+                tracing::debug!(direction = ctx.direction.as_str(), peer = %client, %error, "connection failed during detection");
             }
         }
-        accepted.closed();
-        return;
-    };
+    }
+    accepted.closed();
+}
 
-    // Inbound with an identity: the ClientHello decides first — even on an opaque port, where
-    // mesh peers speak TLS too.
+/// An inbound connection to a workload with an identity: the ClientHello decides first —
+/// even on an opaque port, where mesh peers speak TLS too.
+async fn serve_inbound_tls(
+    stream: TcpStream,
+    tls: &InboundTls,
+    client: SocketAddr,
+    addr: SocketAddr,
+    ctx: &ListenerCtx,
+    drain: watch::Receiver<bool>,
+    conn: &Arc<ConnCtx>,
+) {
+    let dir = ctx.direction.as_str();
+    let opaque_port = ctx.opaque_ports.contains(&addr.port());
     let (outcome, io) = match detect(ctx.detect, stream).await {
         Ok(d) => d,
         Err(error) => {
@@ -213,18 +232,31 @@ async fn handle(
     match kind {
         InboundKind::Mesh => {
             record_detect(dir, "mesh-tls");
-            let handshake = tokio::time::timeout(ctx.header_timeout, tls.acceptor.accept(io)).await;
+            let accept = Box::pin(tls.acceptor.accept(io));
+            let handshake = tokio::time::timeout(ctx.header_timeout, accept).await;
+            // The TLS stream (rustls' connection state, ~1.2 KB) lives on the heap once, not
+            // inline in every future that holds it on its way to the HTTP server.
             let (io, id) = match handshake {
-                Ok(Ok(done)) => done,
+                Ok(Ok((io, id))) => (Box::new(io), id),
                 Ok(Err(error)) => return tls.handshake_failed(client, &error),
                 Err(_) => return tls.handshake_failed(client, &"the handshake timed out"),
             };
             let span = tracing::info_span!("mesh", peer = %client, peer_id = %id);
-            let accepted = accepted(Peer::Mesh(id));
+            let accepted = Accepted::open(ctx, client, addr, Peer::Mesh(id));
             async {
                 tracing::debug!("mesh TLS connection accepted");
+                // ALPN names the application protocol (the client's proxy chose it from the
+                // request); only a connection without one needs detection.
+                let alpn = match io.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Some(Protocol::Http2),
+                    Some(b"http/1.1") => Some(Protocol::Http1),
+                    _ => None,
+                };
                 if opaque_port {
-                    opaque(io, &accepted, ctx).await;
+                    Box::pin(opaque(io, &accepted, ctx)).await;
+                } else if let Some(protocol) = alpn {
+                    serve_detected(Outcome::Detected(protocol), io, &accepted, ctx, drain, conn)
+                        .await;
                 } else {
                     match detect(ctx.detect, io).await {
                         Ok((outcome, io)) => {
@@ -243,15 +275,15 @@ async fn handle(
         InboundKind::PassThrough => {
             record_detect(dir, outcome.label());
             tracing::debug!(peer = %client, sni = ?hello.and_then(|h| h.server_name), "passing TLS for another name through");
-            let accepted = accepted(Peer::Unauthenticated);
-            opaque(io, &accepted, ctx).await;
+            let accepted = Accepted::open(ctx, client, addr, Peer::Unauthenticated);
+            Box::pin(opaque(io, &accepted, ctx)).await;
             accepted.closed();
         }
         InboundKind::Plaintext => {
-            let accepted = accepted(Peer::Unauthenticated);
+            let accepted = Accepted::open(ctx, client, addr, Peer::Unauthenticated);
             if opaque_port {
                 record_detect(dir, "opaque-port");
-                opaque(io, &accepted, ctx).await;
+                Box::pin(opaque(io, &accepted, ctx)).await;
             } else {
                 serve_detected(outcome, io, &accepted, ctx, drain, conn).await;
             }
@@ -270,6 +302,18 @@ struct Accepted {
 }
 
 impl Accepted {
+    /// The connection to `addr` from `client`, who is `peer`: counted open.
+    fn open(ctx: &ListenerCtx, client: SocketAddr, addr: SocketAddr, peer: Peer) -> Self {
+        let target = ctx.targets.logical(&Logical::from(addr), &peer);
+        target.tcp.opened();
+        Self {
+            client,
+            addr,
+            target,
+            state: ConnState::new(),
+        }
+    }
+
     /// Counts the connection closed, with its bytes.
     fn closed(&self) {
         let (read, written) = self.state.bytes();
@@ -295,11 +339,11 @@ async fn serve_detected<I>(
         Protocol::Http2 => true,
         Protocol::Tls(hello) => {
             tracing::debug!(direction = dir, peer = %accepted.client, sni = ?hello.server_name, "forwarding TLS as opaque");
-            opaque(io, accepted, ctx).await;
+            Box::pin(opaque(io, accepted, ctx)).await;
             return;
         }
         Protocol::Opaque => {
-            opaque(io, accepted, ctx).await;
+            Box::pin(opaque(io, accepted, ctx)).await;
             return;
         }
     };
@@ -352,7 +396,10 @@ async fn serve_http<I, S>(
             idle: ctx.idle_timeout,
             response: None,
         };
-        drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
+        Box::pin(drive(conn, state, timeouts, drain, |c| {
+            c.graceful_shutdown()
+        }))
+        .await;
     } else {
         let io = ServerIo::new(io, state.clone(), Watch::Http1(HeadScanner::default()));
         let conn = ctx
@@ -365,7 +412,10 @@ async fn serve_http<I, S>(
             idle: ctx.idle_timeout,
             response: Some(ctx.response_timeout),
         };
-        drive(conn, state, timeouts, drain, |c| c.graceful_shutdown()).await;
+        Box::pin(drive(conn, state, timeouts, drain, |c| {
+            c.graceful_shutdown()
+        }))
+        .await;
     }
 }
 

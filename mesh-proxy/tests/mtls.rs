@@ -755,3 +755,40 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         "expiry exported"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_handshake_fails_with_504_in_time() {
+    let ids = Ids::new("silent");
+    // Accepts connections and holds them, never writing a byte.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config(silent);
+    cfg.identity = Some(IdentityConfig::new(ids.dir("a")));
+    cfg.limits.connect_timeout = Duration::from_millis(300);
+    let a = start(cfg).await;
+    let mut c = h1(a.outbound).await;
+    let started = std::time::Instant::now();
+    let res = c
+        .send_request(get(a.outbound, "/", Version::HTTP_11))
+        .await
+        .expect("response");
+    let took = started.elapsed();
+    assert_eq!(res.status(), 504);
+    let why = res
+        .headers()
+        .get("l5d-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("handshake timed out"), "{why}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "bounded by the connect timeout: {took:?}"
+    );
+}

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use mesh_core::BoxError;
 use mesh_core::errors::{GrpcCode, HttpError};
@@ -35,6 +36,9 @@ pub struct HandshakeError {
     reason: String,
 }
 
+/// The default bound on a handshake: [`TlsConnect::with_handshake_timeout`] sets another.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The most client configurations kept (expected identities × protocols).
 const MAX_CONFIGS: usize = 1024;
 
@@ -53,6 +57,8 @@ struct Configs {
 pub struct TlsConnect<C> {
     inner: C,
     store: Arc<CredentialStore>,
+    /// Bound on the handshake, after the inner connection is open.
+    handshake_timeout: Duration,
     /// Client configurations per (expected identity, ALPN): built once each per generation.
     configs: Arc<Mutex<Configs>>,
 }
@@ -62,6 +68,7 @@ impl<C: Clone> Clone for TlsConnect<C> {
         Self {
             inner: self.inner.clone(),
             store: self.store.clone(),
+            handshake_timeout: self.handshake_timeout,
             configs: self.configs.clone(),
         }
     }
@@ -76,13 +83,22 @@ impl<C> std::fmt::Debug for TlsConnect<C> {
 }
 
 impl<C> TlsConnect<C> {
-    /// Mesh TLS with the credentials in `store` over `inner`.
+    /// Mesh TLS with the credentials in `store` over `inner`; handshakes bounded by
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub fn new(inner: C, store: Arc<CredentialStore>) -> Self {
         Self {
             inner,
             store,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             configs: Arc::default(),
         }
+    }
+
+    /// Bounds each handshake (after the inner connection opened) by `timeout`: a peer that
+    /// accepts the connection and never answers fails the request with 504.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// The credentials this connector presents.
@@ -153,15 +169,25 @@ where
         };
         let config = self.config(&expected, alpn(endpoint.protocol()));
         let connect = self.inner.call(endpoint);
+        let timeout = self.handshake_timeout;
         Box::pin(async move {
             let config = config.map_err(|e| unavailable(addr, e.to_string()))?;
             let name = ServerName::try_from(sni.clone())
                 .map_err(|e| unavailable(addr, format!("server name {sni:?}: {e}")))?;
             let io = connect.await?;
-            tokio_rustls::TlsConnector::from(config)
-                .connect(name, io)
-                .await
-                .map_err(|e| unavailable(addr, describe(&e)))
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(name, io);
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(done) => done.map_err(|e| unavailable(addr, describe(&e))),
+                Err(_) => Err(HttpError::new(
+                    http::StatusCode::GATEWAY_TIMEOUT,
+                    GrpcCode::Unavailable,
+                    HandshakeError {
+                        addr,
+                        reason: format!("handshake timed out after {timeout:?}"),
+                    },
+                )
+                .into()),
+            }
         })
     }
 }

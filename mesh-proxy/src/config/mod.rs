@@ -157,7 +157,8 @@ pub struct Limits {
     /// Streaming bodies and upgraded connections are not limited by it. Default: 60s.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    /// Bound on opening an upstream connection. Default: 1s.
+    /// Bound on opening an upstream connection, and again on its mesh TLS handshake (each a
+    /// 504 when exceeded). Default: 1s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How long protocol detection waits for a client's first bytes before forwarding the
