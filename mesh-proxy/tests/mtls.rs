@@ -115,6 +115,15 @@ fn strict(cfg: &mut Config) {
     }
 }
 
+/// The response's `l5d-proxy-error`, or empty.
+fn proxy_error<B>(res: &http::Response<B>) -> String {
+    res.headers()
+        .get("l5d-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn text(res: http::Response<hyper::body::Incoming>) -> String {
     String::from_utf8_lossy(&body_bytes(res.into_body()).await).into_owned()
 }
@@ -245,12 +254,7 @@ async fn a_wrong_or_foreign_server_identity_fails_with_502_and_nothing_reaches_t
         .await
         .expect("response");
     assert_eq!(res.status(), 502);
-    let why = res
-        .headers()
-        .get("l5d-proxy-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let why = proxy_error(&res);
     assert!(
         why.contains(C) && why.contains(B),
         "names both identities: {why}"
@@ -780,12 +784,7 @@ async fn a_peer_that_never_answers_the_handshake_fails_with_504_in_time() {
         .expect("response");
     let took = started.elapsed();
     assert_eq!(res.status(), 504);
-    let why = res
-        .headers()
-        .get("l5d-proxy-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let why = proxy_error(&res);
     assert!(why.contains("handshake timed out"), "{why}");
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
