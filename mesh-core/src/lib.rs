@@ -123,6 +123,7 @@ pub mod identity;
 pub mod io;
 pub mod log_limit;
 pub mod metrics;
+pub mod resolve;
 pub mod target;
 pub mod timeout;
 pub mod upgrade;
