@@ -110,6 +110,7 @@
 //! ```
 
 pub mod authz;
+pub mod balance;
 pub mod body;
 pub mod cache;
 pub mod classify;

@@ -1,0 +1,248 @@
+//! Failure accrual: an endpoint that keeps failing is taken out of the balancer for a while.
+//!
+//! After `failures` consecutive failures (a connection error, or a response the shared
+//! classifier calls a failure — a 5xx, a gRPC error status in the head) the endpoint is
+//! ejected: its `poll_ready` stays pending for a backoff that grows exponentially, with
+//! jitter, from `min` to `max` (tower's `ExponentialBackoffMaker`). When the backoff ends it
+//! admits one probe request; a success restores it (and resets the backoff), a failure ejects
+//! it again for the next, longer backoff. This is what keeps P2C honest: an endpoint that
+//! fails instantly would otherwise look like the least loaded one and draw more traffic.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::util::rng::HasherRng;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::body::{ProxyBody, RequestBody};
+use crate::classify::{Classify, ResponseClass};
+
+/// When an endpoint is ejected, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccrualConfig {
+    /// Consecutive failures that eject an endpoint. Default: 5.
+    pub failures: u32,
+    /// The first ejection's backoff. Default: 1 s.
+    pub min_backoff: Duration,
+    /// The longest backoff. Default: 60 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for AccrualConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An endpoint's health as the balancer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Taking requests.
+    Ready,
+    /// Ejected until its backoff ends.
+    Ejected,
+    /// Its backoff ended: one probe request decides.
+    Probing,
+}
+
+impl Health {
+    /// The `state` label: `ready`, `ejected` or `probing`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Ejected => "ejected",
+            Health::Probing => "probing",
+        }
+    }
+}
+
+/// The accrual state one endpoint shares with its in-flight responses.
+#[derive(Debug)]
+struct State {
+    health: Health,
+    consecutive: u32,
+    probe_in_flight: bool,
+    /// The task waiting for the probe to finish.
+    waiter: Option<Waker>,
+}
+
+/// What others may read of an endpoint's accrual (for `/endpoints.json` and metrics).
+#[derive(Clone, Debug)]
+pub struct AccrualHandle(Arc<Mutex<State>>);
+
+impl AccrualHandle {
+    /// The endpoint's health and consecutive failures.
+    pub fn snapshot(&self) -> (Health, u32) {
+        let s = lock(&self.0);
+        (s.health, s.consecutive)
+    }
+}
+
+fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Failure accrual around one endpoint's service.
+pub struct FailureAccrual<S> {
+    inner: S,
+    failures: u32,
+    state: Arc<Mutex<State>>,
+    maker: ExponentialBackoffMaker<HasherRng>,
+    backoff: ExponentialBackoff<HasherRng>,
+    /// Whether the backoff has advanced since the endpoint was last healthy.
+    escalated: bool,
+    /// The current ejection's timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for FailureAccrual<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureAccrual")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> FailureAccrual<S> {
+    /// Accrual with `config` around `inner`.
+    pub fn new(inner: S, config: AccrualConfig) -> Self {
+        // Jitter of 50 %: endpoints ejected together do not all come back together. Only an
+        // invalid range or jitter makes the maker fail; the range is ordered here.
+        let mut maker = ExponentialBackoffMaker::new(
+            config.min_backoff,
+            config.max_backoff.max(config.min_backoff),
+            0.5,
+            HasherRng::default(),
+        )
+        .unwrap_or_default();
+        let backoff = maker.make_backoff();
+        Self {
+            inner,
+            failures: config.failures.max(1),
+            state: Arc::new(Mutex::new(State {
+                health: Health::Ready,
+                consecutive: 0,
+                probe_in_flight: false,
+                waiter: None,
+            })),
+            maker,
+            backoff,
+            escalated: false,
+            sleep: None,
+        }
+    }
+
+    /// A handle to read the endpoint's health.
+    pub fn handle(&self) -> AccrualHandle {
+        AccrualHandle(self.state.clone())
+    }
+}
+
+impl<S> Service<Request<RequestBody>> for FailureAccrual<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            let health = lock(&self.state).health;
+            match health {
+                Health::Ready => {
+                    self.sleep = None;
+                    if self.escalated {
+                        // Healthy again: the next run of failures starts from the first backoff.
+                        self.backoff = self.maker.make_backoff();
+                        self.escalated = false;
+                    }
+                    break;
+                }
+                Health::Ejected => {
+                    if self.sleep.is_none() {
+                        self.escalated = true;
+                        self.sleep = Some(Box::pin(self.backoff.next_backoff()));
+                    }
+                    let Some(sleep) = self.sleep.as_mut() else {
+                        break;
+                    };
+                    match sleep.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            self.sleep = None;
+                            let mut s = lock(&self.state);
+                            s.health = Health::Probing;
+                            s.probe_in_flight = false;
+                        }
+                    }
+                }
+                Health::Probing => {
+                    let mut s = lock(&self.state);
+                    if s.probe_in_flight {
+                        s.waiter = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let classify = Classify::for_request(req.headers());
+        {
+            let mut s = lock(&self.state);
+            if s.health == Health::Probing {
+                s.probe_in_flight = true;
+            }
+        }
+        let fut = self.inner.call(req);
+        let state = self.state.clone();
+        let failures = self.failures;
+        Box::pin(async move {
+            let res = fut.await;
+            let failed = match &res {
+                Err(_) => true,
+                Ok(r) => classify.head(r.status(), r.headers()) == Some(ResponseClass::Failure),
+            };
+            record(&state, failed, failures);
+            res
+        })
+    }
+}
+
+/// Records one response's outcome: a success restores the endpoint, the `failures`-th
+/// consecutive failure (or a failed probe) ejects it.
+fn record(state: &Mutex<State>, failed: bool, failures: u32) {
+    let mut s = lock(state);
+    let was_probe = s.health == Health::Probing;
+    if failed {
+        s.consecutive = s.consecutive.saturating_add(1);
+        if was_probe || s.consecutive >= failures {
+            s.health = Health::Ejected;
+        }
+    } else {
+        s.consecutive = 0;
+        s.health = Health::Ready;
+    }
+    if was_probe {
+        s.probe_in_flight = false;
+    }
+    if let Some(w) = s.waiter.take() {
+        w.wake();
+    }
+}

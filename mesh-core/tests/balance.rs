@@ -1,0 +1,259 @@
+//! The balancer on paused time: Peak-EWMA keeps traffic off a slow replica, failure accrual
+//! ejects a failing one and restores it, fail-fast answers when nothing can serve, and a
+//! name that does not exist is answered at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use mesh_core::BoxError;
+use mesh_core::balance::{AccrualConfig, BalanceConfig, Balancer, Health};
+use mesh_core::body::{ProxyBody, RequestBody};
+use mesh_core::errors::classify;
+use mesh_core::resolve::Resolution;
+use mesh_core::target::Endpoint;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower::util::BoxService;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// How one fake endpoint behaves.
+#[derive(Clone, Default)]
+struct Behaviour {
+    delay: Duration,
+    failing: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+}
+
+type EndpointSvc = BoxService<Request<RequestBody>, Response<ProxyBody>, BoxError>;
+
+fn endpoint_service(b: Behaviour) -> EndpointSvc {
+    BoxService::new(tower::service_fn(move |_req: Request<RequestBody>| {
+        let b = b.clone();
+        async move {
+            tokio::time::sleep(b.delay).await;
+            b.served.fetch_add(1, Ordering::SeqCst);
+            let status = if b.failing.load(Ordering::SeqCst) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let mut res = Response::new(ProxyBody::empty());
+            *res.status_mut() = status;
+            Ok::<_, BoxError>(res)
+        }
+    }))
+}
+
+struct Fixture {
+    balancer: Balancer,
+    resolution: watch::Sender<Resolution>,
+    behaviours: Arc<BTreeMap<SocketAddr, Behaviour>>,
+}
+
+fn fixture(behaviours: Vec<(u16, Behaviour)>, config: BalanceConfig) -> Fixture {
+    let behaviours: Arc<BTreeMap<SocketAddr, Behaviour>> =
+        Arc::new(behaviours.into_iter().map(|(p, b)| (addr(p), b)).collect());
+    let (tx, rx) = watch::channel(Resolution::Pending);
+    let table = behaviours.clone();
+    let balancer = Balancer::new(
+        "/#/test/svc".into(),
+        rx,
+        move |e: &Endpoint| endpoint_service(table.get(&e.addr()).cloned().unwrap_or_default()),
+        &config,
+    );
+    Fixture {
+        balancer,
+        resolution: tx,
+        behaviours,
+    }
+}
+
+impl Fixture {
+    fn publish(&self, ports: &[u16]) {
+        self.resolution.send_replace(Resolution::endpoints(
+            ports.iter().map(|p| Endpoint::new(addr(*p))),
+        ));
+    }
+
+    async fn send(&self) -> Result<Response<ProxyBody>, BoxError> {
+        self.balancer
+            .clone()
+            .oneshot(Request::new(RequestBody::empty()))
+            .await
+    }
+
+    fn served(&self, port: u16) -> usize {
+        self.behaviours[&addr(port)].served.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_keeps_traffic_off_a_slow_replica() {
+    let fast = Behaviour {
+        delay: Duration::from_millis(1),
+        ..Behaviour::default()
+    };
+    let slow = Behaviour {
+        delay: Duration::from_millis(200),
+        ..Behaviour::default()
+    };
+    let f = Arc::new(fixture(
+        vec![(1, fast), (2, slow)],
+        BalanceConfig::default(),
+    ));
+    f.publish(&[1, 2]);
+    // 32 concurrent clients, 2 000 requests in all.
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let f = f.clone();
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for _ in 0..(2000 / 32) {
+                let started = Instant::now();
+                let res = f.send().await.expect("response");
+                assert_eq!(res.status(), 200);
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for c in clients {
+        latencies.extend(c.await.expect("client"));
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let (fast_n, slow_n) = (f.served(1), f.served(2));
+    let share = slow_n as f64 / (fast_n + slow_n) as f64;
+    assert!(
+        share < 0.05,
+        "the slow replica got {slow_n} of {}",
+        fast_n + slow_n
+    );
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_replica_is_ejected_then_restored() {
+    let bad = Behaviour::default();
+    bad.failing.store(true, Ordering::SeqCst);
+    let config = BalanceConfig {
+        accrual: AccrualConfig {
+            failures: 5,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        },
+        ..BalanceConfig::default()
+    };
+    let f = fixture(vec![(1, Behaviour::default()), (2, bad.clone())], config);
+    f.publish(&[1, 2]);
+    for _ in 0..200 {
+        let _ = f.send().await;
+    }
+    // At most the 5 failures that ejected it (plus a probe after each backoff).
+    let bad_served = f.served(2);
+    assert!(
+        bad_served <= 7,
+        "the failing replica kept getting traffic: {bad_served}"
+    );
+    let list = f.balancer.endpoints().list();
+    let (_, health, failures) = list
+        .iter()
+        .find(|(e, _, _)| e.endpoint.addr() == addr(2))
+        .expect("listed");
+    assert_ne!(*health, Health::Ready);
+    assert!(*failures >= 5);
+
+    // It recovers: after its backoff a probe succeeds and it takes traffic again.
+    bad.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = f.served(2);
+    for _ in 0..200 {
+        let res = f.send().await.expect("response");
+        assert_eq!(res.status(), 200);
+    }
+    assert!(
+        f.served(2) > before + 20,
+        "restored: {} → {}",
+        before,
+        f.served(2)
+    );
+    let summary = f.balancer.endpoints().summary();
+    assert_eq!((summary.ready, summary.ejected), (2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_endpoints_fails_fast_then_recovers() {
+    let f = fixture(vec![(1, Behaviour::default())], BalanceConfig::default());
+    f.publish(&[]);
+    let started = Instant::now();
+    let err = f.send().await.expect_err("no endpoints");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100),
+        "failed after the fail-fast timeout: {waited:?}"
+    );
+    let c = classify(&*err);
+    assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        c.message.contains("/#/test/svc") && c.message.contains("no endpoints"),
+        "{}",
+        c.message
+    );
+    // Failing fast now: the next request fails at once.
+    let started = Instant::now();
+    assert!(f.send().await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(10));
+    // An endpoint appears: served at once.
+    f.publish(&[1]);
+    let res = f.send().await.expect("recovered");
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_that_does_not_exist_is_answered_at_once() {
+    let f = fixture(vec![(1, Behaviour::default())], BalanceConfig::default());
+    f.resolution
+        .send_replace(Resolution::DoesNotExist("no file endpoints/svc".into()));
+    let started = Instant::now();
+    let err = f.send().await.expect_err("no such name");
+    assert!(
+        started.elapsed() < Duration::from_millis(10),
+        "no fail-fast wait"
+    );
+    let c = classify(&*err);
+    assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(c.message.contains("no file endpoints/svc"), "{}", c.message);
+    f.publish(&[1]);
+    assert_eq!(f.send().await.expect("exists now").status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_endpoint_gets_no_more_requests() {
+    let f = fixture(
+        vec![(1, Behaviour::default()), (2, Behaviour::default())],
+        BalanceConfig::default(),
+    );
+    f.publish(&[1, 2]);
+    for _ in 0..50 {
+        f.send().await.expect("response");
+    }
+    f.publish(&[1]);
+    // The removal reaches the balancer with the next readiness check.
+    tokio::task::yield_now().await;
+    let before = f.served(2);
+    for _ in 0..50 {
+        f.send().await.expect("response");
+    }
+    assert_eq!(f.served(2), before);
+    assert_eq!(f.balancer.endpoints().list().len(), 1);
+}
