@@ -62,7 +62,7 @@ fn run() -> anyhow::Result<()> {
 
         // The client's sidecar: outbound to the hello sidecar, which must be HELLO_ID.
         let mut client = demo_config("127.0.0.1:4191")?;
-        client.outbound.target = Some(inb);
+        client.outbound.target = Some(inb.into());
         client.outbound.peer_id = Some(PeerId(HELLO_ID.parse()?));
         client.inbound.enabled = false;
         client.identity = Some(IdentityConfig::new(dir.join("client")));

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use mesh_proxy::Proxy;
-use mesh_proxy::config::{Config, IdentityConfig, InboundMode, PeerId, PolicyConfig};
+use mesh_proxy::config::{
+    Config, IdentityConfig, InboundMode, OutboundTarget, PeerId, PolicyConfig,
+};
 
 /// Command-line flags; each overrides the matching key of the config file.
 #[derive(Debug, Parser)]
@@ -29,9 +31,10 @@ struct Args {
     /// Outbound listener address (outbound.listen).
     #[arg(long, value_name = "ADDR")]
     outbound_listen: Option<SocketAddr>,
-    /// Where outbound traffic goes without an original destination (outbound.target).
-    #[arg(long, value_name = "ADDR")]
-    outbound_target: Option<SocketAddr>,
+    /// Where outbound traffic goes without an original destination: an address, or a bound
+    /// path such as /#/fs/hello (outbound.target).
+    #[arg(long, value_name = "ADDR|PATH")]
+    outbound_target: Option<OutboundTarget>,
     /// Inbound listener address (inbound.listen).
     #[arg(long, value_name = "ADDR")]
     inbound_listen: Option<SocketAddr>,
@@ -150,8 +153,8 @@ fn apply_flags(config: &mut Config, args: &Args) -> anyhow::Result<()> {
     if let Some(a) = args.outbound_listen {
         config.outbound.listen = Some(a);
     }
-    if let Some(a) = args.outbound_target {
-        config.outbound.target = Some(a);
+    if let Some(a) = &args.outbound_target {
+        config.outbound.target = Some(a.clone());
     }
     if let Some(a) = args.inbound_listen {
         config.inbound.listen = Some(a);

@@ -130,7 +130,7 @@ fn main() {
             cfg.admin.listen = any;
             cfg.outbound.listen = Some(any);
             cfg.inbound.enabled = false;
-            cfg.outbound.target = Some(app);
+            cfg.outbound.target = Some(app.into());
             let bound = Proxy::new(cfg)
                 .bind()
                 .await

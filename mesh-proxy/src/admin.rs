@@ -10,6 +10,7 @@
 //! | `/ready` | GET | 200 while serving, 503 while draining |
 //! | `/live` | GET | 200 while the process runs |
 //! | `/config.json` | GET | the effective configuration |
+//! | `/endpoints.json` | GET | every balanced destination and its endpoints (state, weight, identity, failures) |
 //! | `/log-level` | GET, PUT | the tracing filter; PUT a new one (e.g. `debug,hyper=info`) |
 //! | `/shutdown` | POST | start a graceful shutdown (loopback clients only) |
 
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::Shutdown;
 use crate::config::EffectiveConfig;
+use crate::listener::ListenerCtx;
 
 /// Concurrent admin connections; more are closed at accept. Idle keep-alive connections
 /// close after the 10 s header-read timeout.
@@ -77,6 +79,8 @@ pub(crate) struct AdminState {
     pub(crate) prometheus: Option<PrometheusHandle>,
     pub(crate) log: Option<Arc<dyn LogLevel>>,
     pub(crate) shutdown: Shutdown,
+    /// The listeners, whose balancers `/endpoints.json` describes.
+    pub(crate) listeners: Vec<Arc<ListenerCtx>>,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -146,6 +150,10 @@ async fn route(
                 ),
             }
         }
+        ("/endpoints.json", &Method::GET) => {
+            let body = crate::endpoints::json(&state.listeners);
+            typed(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
         ("/log-level", &Method::GET) => match &state.log {
             Some(l) => text(StatusCode::OK, l.current() + "\n"),
             None => text(StatusCode::NOT_FOUND, "log level control not installed\n"),
@@ -165,7 +173,9 @@ async fn route(
             state.shutdown.trigger();
             text(StatusCode::OK, "shutting down\n")
         }
-        ("/metrics" | "/ready" | "/live" | "/config.json", _) => not_allowed("GET"),
+        ("/metrics" | "/ready" | "/live" | "/config.json" | "/endpoints.json", _) => {
+            not_allowed("GET")
+        }
         ("/log-level", _) => not_allowed("GET, PUT"),
         ("/shutdown", _) => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, format!("no admin endpoint {path}\n")),
@@ -231,6 +241,7 @@ mod tests {
 
     fn state() -> AdminState {
         AdminState {
+            listeners: Vec::new(),
             config: EffectiveConfig::new(crate::config::Config::default()),
             prometheus: None,
             log: None,

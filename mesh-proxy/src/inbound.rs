@@ -14,6 +14,7 @@ use http::Request;
 use mesh_core::body::RequestBody;
 use mesh_core::headers::HopByHopLayer;
 use mesh_core::metrics::RecordHttpLayer;
+use mesh_core::target::Name;
 use mesh_core::upgrade::UpgradesLayer;
 use tower::ServiceBuilder;
 use tower_service::Service;
@@ -82,11 +83,11 @@ impl InboundTls {
     }
 }
 
-/// The inbound request stack of one client connection to the local application at `addr`.
+/// The inbound request stack of one client connection to the local application at `dst`.
 pub(crate) fn http_stack(
     targets: &Targets,
     logical: &Arc<LogicalTarget>,
-    addr: SocketAddr,
+    dst: &Name,
     conn: &Arc<ConnState>,
     ctx: &Arc<ConnCtx>,
     authz: Arc<PortAuthz>,
@@ -95,7 +96,7 @@ pub(crate) fn http_stack(
 + Send
 + 'static {
     // Per endpoint and per concrete destination (cached): the local application's client.
-    let app = targets.route_to(addr);
+    let app = targets.route_to(dst);
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
         .layer(RecordHttpLayer::new(logical.http.clone()))

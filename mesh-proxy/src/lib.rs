@@ -27,6 +27,7 @@ pub mod config;
 mod conn;
 mod connect;
 mod deadline;
+mod endpoints;
 mod http;
 mod identity;
 mod inbound;

@@ -27,13 +27,17 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::admin::{self, AdminState, LogLevel};
 use crate::authz::ListenerAuthz;
-use crate::config::{Config, EffectiveConfig, InboundPolicies};
+use crate::config::{Config, EffectiveConfig, InboundPolicies, NamerConfig};
 use crate::connect::Connect;
 use crate::http::ServerSettings;
 use crate::inbound::InboundTls;
 use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
 use crate::stack::Targets;
+use mesh_core::target::Name;
+use mesh_discovery::file_namer::FileNamer;
+use mesh_discovery::namer::{Namer, NamerName, Namers};
+use mesh_discovery::static_namer::StaticNamer;
 
 /// A listener address could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,14 @@ pub enum StartError {
     /// The `[identity]` credentials could not be loaded or used.
     #[error("identity: {0}")]
     Identity(#[from] CredsError),
+    /// A `[namers.<name>]` section could not be built.
+    #[error("namer {name}: {reason}")]
+    Namer {
+        /// The namer's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An `[identity]` is configured but the binary chose no crypto provider.
     #[error(
         "an [identity] needs a TLS crypto provider: the binary passes one with Proxy::with_crypto_provider"
@@ -203,6 +215,9 @@ impl Proxy {
             .flatten()
             .collect();
 
+        let (namers, file_namers) = build_namers(&cfg.namers)?;
+        let namers = Arc::new(namers);
+        let balance = cfg.balancer.balance_config();
         let tcp = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
         let outbound_connect = match &identity {
             Some((store, _, _)) if cfg.outbound.mtls => {
@@ -217,6 +232,8 @@ impl Proxy {
         let outbound_peer = cfg
             .outbound
             .target
+            .as_ref()
+            .and_then(|t| t.addr())
             .zip(cfg.outbound.peer_id.as_ref().map(|p| p.0.clone()));
         let client = ClientConfig {
             max_idle_per_endpoint: cfg.client.max_idle_per_endpoint,
@@ -235,7 +252,7 @@ impl Proxy {
         // One budget for both listeners: together they must stay below the fd limit.
         let conns = Arc::new(Semaphore::new(cap));
         let make_ctx = |direction: Direction,
-                        target: Option<SocketAddr>,
+                        target: Option<Name>,
                         opaque_ports: &[u16],
                         local: SocketAddr,
                         targets: Targets,
@@ -263,13 +280,19 @@ impl Proxy {
         let mut listeners = Vec::new();
         if let (Some((l, _)), Some(addr)) = (outbound, outbound_addr) {
             let o = &cfg.outbound;
-            let targets =
-                Targets::new(Direction::Outbound, outbound_connect, client, outbound_peer);
+            let targets = Targets::new(
+                Direction::Outbound,
+                outbound_connect,
+                client,
+                outbound_peer,
+                namers.clone(),
+                balance,
+            );
             listeners.push((
                 l,
                 make_ctx(
                     Direction::Outbound,
-                    o.target,
+                    o.target.as_ref().map(|t| t.0.clone()),
                     &o.opaque_ports,
                     addr,
                     targets,
@@ -281,7 +304,14 @@ impl Proxy {
         if let (Some((l, _)), Some(addr)) = (inbound, inbound_addr) {
             let i = &cfg.inbound;
             // The hop to the local application is plaintext.
-            let targets = Targets::new(Direction::Inbound, Connect::Plain(tcp), client, None);
+            let targets = Targets::new(
+                Direction::Inbound,
+                Connect::Plain(tcp),
+                client,
+                None,
+                Arc::new(Namers::new()),
+                balance,
+            );
             let tls = identity
                 .as_ref()
                 .map(|(_, acceptor, mode)| InboundTls::new(acceptor.clone(), *mode));
@@ -290,7 +320,7 @@ impl Proxy {
                 l,
                 make_ctx(
                     Direction::Inbound,
-                    i.target,
+                    i.target.map(Name::Addr),
                     &i.opaque_ports,
                     addr,
                     targets,
@@ -301,6 +331,7 @@ impl Proxy {
         }
         tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, max_connections = cap, "listening");
         let grace = cfg.shutdown.grace;
+        let admin_listeners = listeners.iter().map(|(_, ctx)| ctx.clone()).collect();
         Ok(BoundProxy {
             admin: (admin, admin_addr),
             listeners,
@@ -309,7 +340,9 @@ impl Proxy {
             grace,
             config: self.config.clone(),
             identity: identity.map(|(store, _, _)| store),
+            file_namers,
             admin_state: AdminState {
+                listeners: admin_listeners,
                 config: self.config,
                 prometheus: self.prometheus,
                 log: self.log,
@@ -318,6 +351,35 @@ impl Proxy {
             shutdown: self.shutdown,
         })
     }
+}
+
+/// The namers of `[namers.*]`, mounted under their names.
+/// The file namers are also returned, for their update and error counters.
+fn build_namers(
+    config: &std::collections::BTreeMap<String, NamerConfig>,
+) -> Result<(Namers, Vec<Arc<FileNamer>>), StartError> {
+    let mut namers = Namers::new();
+    let mut files = Vec::new();
+    for (name, cfg) in config {
+        let fail = |reason: String| StartError::Namer {
+            name: name.clone(),
+            reason,
+        };
+        let mounted: NamerName = name.parse().map_err(|e| fail(format!("{e}")))?;
+        let namer: Arc<dyn Namer> = match cfg {
+            NamerConfig::Static { services } => {
+                Arc::new(StaticNamer::new(mounted, services).map_err(|e| fail(e.to_string()))?)
+            }
+            NamerConfig::File { dir } => {
+                let namer =
+                    Arc::new(FileNamer::new(mounted, dir).map_err(|e| fail(e.to_string()))?);
+                files.push(namer.clone());
+                namer
+            }
+        };
+        namers.insert(namer);
+    }
+    Ok((namers, files))
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -354,6 +416,8 @@ pub struct BoundProxy {
     grace: Duration,
     config: EffectiveConfig,
     identity: Option<Arc<CredentialStore>>,
+    /// File namers, whose counters housekeeping exports.
+    file_namers: Vec<Arc<FileNamer>>,
     admin_state: AdminState,
     shutdown: Shutdown,
 }
@@ -424,6 +488,7 @@ impl BoundProxy {
         let rotation = self
             .identity
             .map(|store| tokio::spawn(crate::identity::watch(store)));
+        let file_namers = self.file_namers;
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -432,6 +497,8 @@ impl BoundProxy {
                 for ctx in &ctxs {
                     ctx.targets.sweep();
                 }
+                crate::endpoints::record(&ctxs);
+                crate::endpoints::record_namers(&file_namers);
                 if let Some(p) = &prometheus {
                     p.run_upkeep();
                 }

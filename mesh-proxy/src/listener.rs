@@ -17,7 +17,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use mesh_core::detect::{DetectConfig, Outcome, Protocol, detect};
 use mesh_core::metrics::record_detect;
-use mesh_core::target::Logical;
+use mesh_core::target::{Logical, Name};
 use mesh_tls::accept::InboundKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,7 +43,9 @@ use mesh_core::framing::HeadScanner;
 pub(crate) struct ListenerCtx {
     pub(crate) direction: Direction,
     pub(crate) local: SocketAddr,
-    pub(crate) target: Option<SocketAddr>,
+    /// Where connections without an original destination go: an address, or (outbound) a
+    /// bound name whose endpoints the balancer spreads requests over.
+    pub(crate) target: Option<Name>,
     pub(crate) opaque_ports: Vec<u16>,
     pub(crate) own_addrs: Vec<SocketAddr>,
     pub(crate) detect: DetectConfig,
@@ -117,7 +119,7 @@ pub(crate) async fn serve(
 }
 
 /// Where a connection goes, or why it goes nowhere.
-fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &'static str> {
+fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<Name, &'static str> {
     let sock = socket2::SockRef::from(stream);
     let orig = if ctx.local.is_ipv4() {
         sock.original_dst_v4()
@@ -132,9 +134,12 @@ fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<SocketAddr, &
         .and_then(|a| a.as_socket())
         .filter(|a| *a != ctx.local && Some(*a) != local);
     let target = orig
-        .or(ctx.target)
+        .map(Name::Addr)
+        .or_else(|| ctx.target.clone())
         .ok_or("no original destination and no target configured")?;
-    if Some(target) == local || ctx.own_addrs.iter().any(|own| same_socket(target, *own)) {
+    if let Name::Addr(addr) = target
+        && (Some(addr) == local || ctx.own_addrs.iter().any(|own| same_socket(addr, *own)))
+    {
         return Err("destination is the proxy's own listener; refusing to loop");
     }
     Ok(target)
@@ -149,7 +154,7 @@ async fn handle(
 ) {
     let dir = ctx.direction.as_str();
     let _ = stream.set_nodelay(true);
-    let addr = match resolve_target(&stream, ctx) {
+    let dst = match resolve_target(&stream, ctx) {
         Ok(a) => a,
         Err(reason) => {
             if let Some(suppressed) = ctx.refusals.allow() {
@@ -161,10 +166,10 @@ async fn handle(
     // Each kind of connection in its own allocation, sized for it: a task holding every
     // branch inline would cost every connection the largest one.
     match &ctx.tls {
-        None => Box::pin(serve_plain(stream, client, addr, ctx, drain, conn)).await,
+        None => Box::pin(serve_plain(stream, client, dst, ctx, drain, conn)).await,
         Some(tls) => {
             Box::pin(serve_inbound_tls(
-                stream, tls, client, addr, ctx, drain, conn,
+                stream, tls, client, dst, ctx, drain, conn,
             ))
             .await
         }
@@ -175,7 +180,7 @@ async fn handle(
 async fn serve_plain(
     stream: TcpStream,
     client: SocketAddr,
-    addr: SocketAddr,
+    dst: Name,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
     conn: &Arc<ConnCtx>,
@@ -184,8 +189,9 @@ async fn serve_plain(
         Direction::Outbound => Peer::Local,
         Direction::Inbound => Peer::Unauthenticated,
     };
-    let accepted = Accepted::open(ctx, client, addr, peer);
-    if ctx.opaque_ports.contains(&addr.port()) {
+    let opaque_port = is_opaque_port(ctx, &dst);
+    let accepted = Accepted::open(ctx, client, dst, peer);
+    if opaque_port {
         record_detect(ctx.direction.as_str(), "opaque-port");
         Box::pin(opaque(stream, &accepted, ctx)).await;
     } else {
@@ -205,13 +211,13 @@ async fn serve_inbound_tls(
     stream: TcpStream,
     tls: &InboundTls,
     client: SocketAddr,
-    addr: SocketAddr,
+    dst: Name,
     ctx: &ListenerCtx,
     drain: watch::Receiver<bool>,
     conn: &Arc<ConnCtx>,
 ) {
     let dir = ctx.direction.as_str();
-    let opaque_port = ctx.opaque_ports.contains(&addr.port());
+    let opaque_port = is_opaque_port(ctx, &dst);
     let (outcome, io) = match detect(ctx.detect, stream).await {
         Ok(d) => d,
         Err(error) => {
@@ -242,7 +248,7 @@ async fn serve_inbound_tls(
                 Err(_) => return tls.handshake_failed(client, &"the handshake timed out"),
             };
             let span = tracing::info_span!("mesh", peer = %client, peer_id = %id);
-            let accepted = Accepted::open(ctx, client, addr, Peer::Mesh(id));
+            let accepted = Accepted::open(ctx, client, dst, Peer::Mesh(id));
             async {
                 tracing::debug!("mesh TLS connection accepted");
                 // ALPN names the application protocol (the client's proxy chose it from the
@@ -275,12 +281,12 @@ async fn serve_inbound_tls(
         InboundKind::PassThrough => {
             record_detect(dir, outcome.label());
             tracing::debug!(peer = %client, sni = ?hello.and_then(|h| h.server_name), "passing TLS for another name through");
-            let accepted = Accepted::open(ctx, client, addr, Peer::Unauthenticated);
+            let accepted = Accepted::open(ctx, client, dst, Peer::Unauthenticated);
             Box::pin(opaque(io, &accepted, ctx)).await;
             accepted.closed();
         }
         InboundKind::Plaintext => {
-            let accepted = Accepted::open(ctx, client, addr, Peer::Unauthenticated);
+            let accepted = Accepted::open(ctx, client, dst, Peer::Unauthenticated);
             if opaque_port {
                 record_detect(dir, "opaque-port");
                 Box::pin(opaque(io, &accepted, ctx)).await;
@@ -292,23 +298,40 @@ async fn serve_inbound_tls(
     }
 }
 
+/// Whether connections to `dst` skip detection (its port is an opaque port). A bound name
+/// has no port of its own: its connections are detected.
+fn is_opaque_port(ctx: &ListenerCtx, dst: &Name) -> bool {
+    match dst {
+        Name::Addr(a) => ctx.opaque_ports.contains(&a.port()),
+        Name::Path(_) => false,
+    }
+}
+
+/// The destination port a policy is chosen by (0, no port of its own, for a bound name).
+fn port_of(dst: &Name) -> u16 {
+    match dst {
+        Name::Addr(a) => a.port(),
+        Name::Path(_) => 0,
+    }
+}
+
 /// An accepted connection whose destination and client are known.
 struct Accepted {
     client: SocketAddr,
-    /// The destination address.
-    addr: SocketAddr,
+    /// The destination: an address, or a bound name.
+    dst: Name,
     target: Arc<LogicalTarget>,
     state: Arc<ConnState>,
 }
 
 impl Accepted {
-    /// The connection to `addr` from `client`, who is `peer`: counted open.
-    fn open(ctx: &ListenerCtx, client: SocketAddr, addr: SocketAddr, peer: Peer) -> Self {
-        let target = ctx.targets.logical(&Logical::from(addr), &peer);
+    /// The connection to `dst` from `client`, who is `peer`: counted open.
+    fn open(ctx: &ListenerCtx, client: SocketAddr, dst: Name, peer: Peer) -> Self {
+        let target = ctx.targets.logical(&Logical::new(dst.clone()), &peer);
         target.tcp.opened();
         Self {
             client,
-            addr,
+            dst,
             target,
             state: ConnState::new(),
         }
@@ -348,20 +371,17 @@ async fn serve_detected<I>(
         }
     };
     let Accepted {
-        addr,
-        target,
-        state,
-        ..
+        dst, target, state, ..
     } = accepted;
     let targets = &ctx.targets;
     match (ctx.direction, &ctx.authz) {
         (Direction::Inbound, Some(authz)) => {
-            let authz = authz.port(addr.port()).clone();
-            let stack = inbound::http_stack(targets, target, *addr, state, conn, authz);
+            let authz = authz.port(port_of(dst)).clone();
+            let stack = inbound::http_stack(targets, target, dst, state, conn, authz);
             serve_http(io, h2, stack, ctx, state, drain).await;
         }
         _ => {
-            let stack = outbound::http_stack(targets, target, *addr, state, conn);
+            let stack = outbound::http_stack(targets, target, dst, state, conn);
             serve_http(io, h2, stack, ctx, state, drain).await;
         }
     }
@@ -424,9 +444,9 @@ async fn opaque<I>(io: I, accepted: &Accepted, ctx: &ListenerCtx)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let addr = accepted.addr;
+    let dst = &accepted.dst;
     if let Some(authz) = &ctx.authz {
-        let port = authz.port(addr.port());
+        let port = authz.port(port_of(dst));
         let peer = accepted.target.peer.identity();
         let decision = port.decide(peer, None);
         if !decision.allowed {
@@ -435,11 +455,18 @@ where
             return;
         }
     }
+    let endpoint = match ctx.targets.opaque_endpoint(dst).await {
+        Ok(e) => e,
+        Err(reason) => {
+            tracing::info!(direction = ctx.direction.as_str(), %dst, %reason, "opaque connection closed: no endpoint");
+            return;
+        }
+    };
     let mut io = ServerIo::new(io, accepted.state.clone(), Watch::Bytes);
     tokio::select! {
-        () = crate::tcp::forward(&mut io, ctx.targets.opaque_endpoint(addr), ctx.targets.connect()) => {}
+        () = crate::tcp::forward(&mut io, endpoint, ctx.targets.connect()) => {}
         _ = accepted.state.expired(None, ctx.idle_timeout, None) => {
-            tracing::debug!(direction = ctx.direction.as_str(), %addr, "idle opaque connection closed");
+            tracing::debug!(direction = ctx.direction.as_str(), %dst, "idle opaque connection closed");
         }
     }
 }

@@ -7,13 +7,13 @@
 //! the balancer and mTLS each replace or fill one stage without touching the others.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Request;
 use mesh_core::body::RequestBody;
 use mesh_core::headers::HopByHopLayer;
 use mesh_core::metrics::RecordHttpLayer;
+use mesh_core::target::Name;
 use mesh_core::upgrade::UpgradesLayer;
 use tower::ServiceBuilder;
 use tower_service::Service;
@@ -25,11 +25,11 @@ use crate::http::StackResponse;
 use crate::stack::{LogicalTarget, Targets};
 use crate::tunnel::{ConnCtx, ProxyTunnel};
 
-/// The outbound request stack of one client connection whose destination is `addr`.
+/// The outbound request stack of one client connection whose destination is `dst`.
 pub(crate) fn http_stack(
     targets: &Targets,
     logical: &Arc<LogicalTarget>,
-    addr: SocketAddr,
+    dst: &Name,
     conn: &Arc<ConnState>,
     ctx: &Arc<ConnCtx>,
 ) -> impl Service<Request<RequestBody>, Response = StackResponse, Error = Infallible, Future: Send>
@@ -40,7 +40,7 @@ pub(crate) fn http_stack(
     // connection — over the connect stack (plain TCP; mTLS wraps it).
     // Stage 2, per concrete destination (cached): today the endpoint itself; retries,
     // per-route timeouts and the balancer over discovered endpoints go here.
-    let route = targets.route_to(addr);
+    let route = targets.route_to(dst);
     // Stage 1, the route, under the connection's server-side layers, outermost first.
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()

@@ -19,13 +19,18 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use mesh_core::BoxError;
+use mesh_core::balance::{BalanceConfig, Balancer};
 use mesh_core::body::{ProxyBody, RequestBody};
 use mesh_core::cache::Cache;
 use mesh_core::client::{ClientConfig, HttpEndpoint};
 use mesh_core::errors::RespondLayer;
+use mesh_core::errors::{GrpcCode, HttpError};
 use mesh_core::identity::Identity;
 use mesh_core::metrics::{HttpMetrics, TcpMetrics};
-use mesh_core::target::{Concrete, Endpoint, Logical, ProtocolHint};
+use mesh_core::resolve::Resolution;
+use mesh_core::target::{Concrete, Endpoint, Logical, Name, ProtocolHint};
+use mesh_discovery::namer::{BindError, Namers};
+use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::Direction;
@@ -51,6 +56,11 @@ pub(crate) type BoxResponse =
 pub(crate) enum ConcreteStack {
     /// One endpoint, forwarded to directly (a destination named by its address).
     Forward(HttpEndpoint<Connect>),
+    /// A bound name: P2C + Peak-EWMA over its discovered endpoints, with its resolution for
+    /// opaque TCP (which picks one endpoint per connection).
+    Balance(Balancer, watch::Receiver<Resolution>),
+    /// A path no namer could bind: every request fails, naming why.
+    Unbound(Arc<BindError>),
 }
 
 impl Service<Request<RequestBody>> for ConcreteStack {
@@ -62,6 +72,8 @@ impl Service<Request<RequestBody>> for ConcreteStack {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             ConcreteStack::Forward(endpoint) => endpoint.poll_ready(cx),
+            ConcreteStack::Balance(balancer, _) => balancer.poll_ready(cx),
+            ConcreteStack::Unbound(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -69,8 +81,26 @@ impl Service<Request<RequestBody>> for ConcreteStack {
     fn call(&mut self, req: Request<RequestBody>) -> BoxResponse {
         match self {
             ConcreteStack::Forward(endpoint) => endpoint.call(req),
+            ConcreteStack::Balance(balancer, _) => balancer.call(req),
+            ConcreteStack::Unbound(error) => {
+                let error = unbound(error);
+                Box::pin(std::future::ready(Err(error)))
+            }
         }
     }
+}
+
+/// The error of a request to a path no namer could bind: 503 naming the path and why.
+fn unbound(error: &Arc<BindError>) -> BoxError {
+    #[derive(Debug, thiserror::Error)]
+    #[error("no route: {0}")]
+    struct NoRoute(Arc<BindError>);
+    HttpError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        GrpcCode::Unavailable,
+        NoRoute(error.clone()),
+    )
+    .into()
 }
 
 /// Who the client of an inbound connection is, as far as the proxy can vouch.
@@ -122,6 +152,11 @@ pub(crate) struct Targets {
     client: ClientConfig,
     /// The identity the listener's configured target must present (`outbound.peer_id`).
     target_identity: Option<(SocketAddr, Identity)>,
+    /// The namers bound paths resolve through (`/#/NAME/...`).
+    namers: Arc<Namers>,
+    balance: BalanceConfig,
+    /// Spreads opaque connections to a bound name over its endpoints.
+    next_pick: std::sync::atomic::AtomicUsize,
     logicals: Cache<(Logical, Peer), Arc<LogicalTarget>>,
     concretes: Cache<Concrete, ConcreteStack>,
     endpoints: Cache<Endpoint, HttpEndpoint<Connect>>,
@@ -133,6 +168,8 @@ impl Targets {
         connect: Connect,
         client: ClientConfig,
         target_identity: Option<(SocketAddr, Identity)>,
+        namers: Arc<Namers>,
+        balance: BalanceConfig,
     ) -> Self {
         let max = NonZeroUsize::new(MAX_TARGETS).unwrap_or(NonZeroUsize::MIN);
         Self {
@@ -140,6 +177,9 @@ impl Targets {
             connect,
             client,
             target_identity,
+            namers,
+            balance,
+            next_pick: std::sync::atomic::AtomicUsize::new(0),
             logicals: Cache::new(max, TARGET_IDLE),
             concretes: Cache::new(max, TARGET_IDLE),
             endpoints: Cache::new(max, TARGET_IDLE),
@@ -159,9 +199,40 @@ impl Targets {
         }
     }
 
-    /// The endpoint target for an opaque TCP connection to `addr`.
-    pub(crate) fn opaque_endpoint(&self, addr: SocketAddr) -> Endpoint {
-        self.endpoint_at(addr).with_protocol(ProtocolHint::Opaque)
+    /// The endpoint for an opaque TCP connection to `dst`: the address itself, or one of a
+    /// bound name's endpoints (in turn; waiting for the name's first resolution at most the
+    /// fail-fast timeout). `Err` says why there is none.
+    pub(crate) async fn opaque_endpoint(&self, dst: &Name) -> Result<Endpoint, String> {
+        let addr = match dst {
+            Name::Addr(addr) => *addr,
+            Name::Path(path) => {
+                let mut resolution = match self.route_to(dst).concrete {
+                    ConcreteStack::Balance(_, resolution) => resolution,
+                    ConcreteStack::Unbound(error) => return Err(error.to_string()),
+                    ConcreteStack::Forward(e) => return Ok(e.endpoint().clone()),
+                };
+                let wait = resolution.wait_for(|r| !matches!(r, Resolution::Pending));
+                let set = match tokio::time::timeout(self.balance.fail_fast, wait).await {
+                    Ok(Ok(r)) => r.clone(),
+                    _ => return Err(format!("{path}: no answer from discovery")),
+                };
+                let endpoints: Vec<&Endpoint> = match &set {
+                    Resolution::Endpoints(set) => set.values().collect(),
+                    Resolution::DoesNotExist(why) => return Err(format!("no such name: {why}")),
+                    Resolution::Pending => Vec::new(),
+                };
+                if endpoints.is_empty() {
+                    return Err(format!("{path}: no endpoints"));
+                }
+                let n = self
+                    .next_pick
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(endpoints[n % endpoints.len()]
+                    .clone()
+                    .with_protocol(ProtocolHint::Opaque));
+            }
+        };
+        Ok(self.endpoint_at(addr).with_protocol(ProtocolHint::Opaque))
     }
 
     /// The logical destination's shared pieces, for a client that is `peer`.
@@ -197,13 +268,57 @@ impl Targets {
         })
     }
 
-    /// The route to a destination named by its address: its concrete stage (today the
-    /// endpoint itself) from the cache. The endpoint is looked up on every call, not only
-    /// when the concrete stage is built, so it stays cached — and its idle connections
-    /// swept — while it is in use.
-    pub(crate) fn route_to(&self, addr: SocketAddr) -> FixedRoute {
-        let endpoint = self.endpoint(&self.endpoint_at(addr));
-        FixedRoute::new(self.concrete(&Concrete::from(addr), |_| ConcreteStack::Forward(endpoint)))
+    /// The route to a destination: for an address, its concrete stage (the endpoint
+    /// itself) from the cache — the endpoint is looked up on every call, not only when the
+    /// concrete stage is built, so it stays cached (and its idle connections swept) while it
+    /// is in use; for a bound name, its balancer.
+    pub(crate) fn route_to(&self, dst: &Name) -> FixedRoute {
+        match dst {
+            Name::Addr(addr) => {
+                let endpoint = self.endpoint(&self.endpoint_at(*addr));
+                FixedRoute::new(
+                    self.concrete(&Concrete::from(*addr), |_| ConcreteStack::Forward(endpoint)),
+                )
+            }
+            Name::Path(path) => FixedRoute::new(
+                self.concrete(&Concrete::new(dst.clone()), |_| self.balance_over(path)),
+            ),
+        }
+    }
+
+    /// A balancer over the endpoints `path` binds to. Each endpoint gets its own HTTP client
+    /// (not shared through the endpoint cache): when the endpoint leaves discovery, the
+    /// balancer drops it and its connections with it.
+    fn balance_over(&self, path: &Arc<str>) -> ConcreteStack {
+        match self.namers.bind_path(path) {
+            Ok(bound) => {
+                let (connect, client) = (self.connect.clone(), self.client);
+                let balancer = Balancer::new(
+                    path.clone(),
+                    bound.resolution.clone(),
+                    move |e: &Endpoint| HttpEndpoint::new(e.clone(), connect.clone(), client),
+                    &self.balance,
+                );
+                ConcreteStack::Balance(balancer, bound.resolution)
+            }
+            Err(error) => {
+                tracing::warn!(%path, %error, "cannot bind");
+                ConcreteStack::Unbound(Arc::new(error))
+            }
+        }
+    }
+
+    /// Every balanced destination of this listener, for `/endpoints.json` and the
+    /// `mesh_endpoints` gauge.
+    pub(crate) fn balancers(&self) -> Vec<Balancer> {
+        self.concretes
+            .services()
+            .into_iter()
+            .filter_map(|c| match c {
+                ConcreteStack::Balance(b, _) => Some(b),
+                ConcreteStack::Forward(_) | ConcreteStack::Unbound(_) => None,
+            })
+            .collect()
     }
 
     /// Closes expired idle upstream connections and forgets targets nobody looked up.
@@ -223,7 +338,7 @@ impl Targets {
 /// with one that names the destination per request.
 #[derive(Clone, Debug)]
 pub(crate) struct FixedRoute {
-    concrete: ConcreteStack,
+    pub(crate) concrete: ConcreteStack,
 }
 
 impl FixedRoute {

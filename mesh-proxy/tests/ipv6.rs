@@ -79,7 +79,7 @@ async fn loops_to_the_proxy_itself_are_refused_on_ipv6() {
     drop(l);
     let mut cfg = v6_config(port_holder);
     cfg.outbound.listen = Some(port_holder);
-    cfg.outbound.target = Some("[::1]:9".parse().unwrap());
+    cfg.outbound.target = Some("[::1]:9".parse::<SocketAddr>().unwrap().into());
     cfg.inbound.target = Some(port_holder);
     let proxy = proxy(cfg).await;
     assert_eq!(proxy.outbound, port_holder);

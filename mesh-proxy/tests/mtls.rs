@@ -115,15 +115,6 @@ fn strict(cfg: &mut Config) {
     }
 }
 
-/// The response's `l5d-proxy-error`, or empty.
-fn proxy_error<B>(res: &http::Response<B>) -> String {
-    res.headers()
-        .get("l5d-proxy-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 async fn text(res: http::Response<hyper::body::Incoming>) -> String {
     String::from_utf8_lossy(&body_bytes(res.into_body()).await).into_owned()
 }

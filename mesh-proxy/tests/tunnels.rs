@@ -254,7 +254,7 @@ async fn loops_to_the_proxy_itself_are_refused() {
     let port_holder = closed_port();
     let mut cfg = config(port_holder);
     cfg.outbound.listen = Some(port_holder);
-    cfg.outbound.target = Some(closed_port());
+    cfg.outbound.target = Some(closed_port().into());
     cfg.inbound.target = Some(port_holder);
     let proxy = proxy(cfg).await;
     let (text, closed) = raw(

@@ -39,6 +39,14 @@ pub const DETECT_TOTAL: &str = "mesh_detect_total";
 pub const AUTHZ_DECISIONS_TOTAL: &str = "mesh_authz_decisions_total";
 /// `mesh_tls_handshake_errors_total{direction}`: mesh TLS handshakes that failed.
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "mesh_tls_handshake_errors_total";
+/// `mesh_endpoints{direction,dst,state}`: a balanced destination's endpoints per state
+/// (`ready`, `ejected`, `probing`).
+pub const ENDPOINTS: &str = "mesh_endpoints";
+/// `mesh_resolver_updates_total{namer}`: endpoint sets a namer published.
+pub const RESOLVER_UPDATES_TOTAL: &str = "mesh_resolver_updates_total";
+/// `mesh_resolver_errors_total{namer}`: resolutions a namer failed (an invalid file, a
+/// failed lookup), keeping the last good set.
+pub const RESOLVER_ERRORS_TOTAL: &str = "mesh_resolver_errors_total";
 /// `mesh_identity_cert_expiry_timestamp_seconds{identity}`: when the workload certificate
 /// in force expires (Unix time).
 pub const IDENTITY_CERT_EXPIRY: &str = "mesh_identity_cert_expiry_timestamp_seconds";
@@ -83,6 +91,12 @@ pub fn describe() {
     metrics::describe_counter!(
         TLS_HANDSHAKE_ERRORS_TOTAL,
         "Mesh TLS handshakes that failed."
+    );
+    metrics::describe_gauge!(ENDPOINTS, "A balanced destination's endpoints, by state.");
+    metrics::describe_counter!(RESOLVER_UPDATES_TOTAL, "Endpoint sets a namer published.");
+    metrics::describe_counter!(
+        RESOLVER_ERRORS_TOTAL,
+        "Resolutions a namer failed, keeping its last good set."
     );
     metrics::describe_gauge!(
         IDENTITY_CERT_EXPIRY,

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use super::discovery::OutboundTarget;
 use super::identity::{PeerId, PolicyConfig, PortPolicyConfig};
 
 /// The default outbound listener address, `127.0.0.1:4140`.
@@ -41,8 +42,10 @@ pub struct OutboundConfig {
     /// only from code, leaves the listener unbound like `enabled = false`.
     pub listen: Option<SocketAddr>,
     /// Where connections go when they carry no original destination (no iptables
-    /// redirect). Default: none — such connections are refused with a log line.
-    pub target: Option<SocketAddr>,
+    /// redirect): an address, or a bound path such as `/#/fs/hello` (requests then go to the
+    /// balancer over that name's endpoints). Default: none — such connections are refused
+    /// with a log line.
+    pub target: Option<OutboundTarget>,
     /// Destination ports forwarded as opaque TCP without protocol detection: protocols
     /// where the server speaks first would otherwise wait for the detect timeout.
     /// Default: [`default_opaque_ports`] (21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379,

@@ -175,7 +175,71 @@ impl Config {
         self.shutdown.check()?;
         self.inbound.check()?;
         self.check_listeners()?;
-        self.check_identity()
+        self.check_identity()?;
+        self.check_namers()
+    }
+
+    /// Namer names, and the namer a bound outbound target names.
+    fn check_namers(&self) -> Result<(), Invalid> {
+        for (name, namer) in &self.namers {
+            let Ok(mounted) = name.parse::<mesh_discovery::namer::NamerName>() else {
+                return Err((
+                    "namers",
+                    format!("\"{name}\""),
+                    "a namer name is ASCII letters, digits, -, _ or . (at most 64 bytes)".into(),
+                ));
+            };
+            // Static endpoints are checked now, naming the service and the entry.
+            if let super::NamerConfig::Static { services } = namer
+                && let Err(e) = mesh_discovery::static_namer::StaticNamer::new(mounted, services)
+            {
+                return Err(("namers", format!("\"{name}\""), e.to_string()));
+            }
+        }
+        if let Some(path) = self.outbound.target.as_ref().and_then(|t| t.path()) {
+            let namer = path
+                .strip_prefix("/#/")
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            if !self.namers.contains_key(namer) {
+                return Err((
+                    "outbound.target",
+                    format!("\"{path}\""),
+                    format!("no [namers.{namer}] section"),
+                ));
+            }
+        }
+        let b = &self.balancer;
+        for (key, d) in [
+            ("balancer.default_rtt", b.default_rtt),
+            ("balancer.decay", b.decay),
+            ("balancer.min_backoff", b.min_backoff),
+            ("balancer.max_backoff", b.max_backoff),
+            ("balancer.fail_fast_timeout", b.fail_fast_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((key, "\"0s\"".into(), "must be greater than zero".into()));
+            }
+            at_most_max(key, d)?;
+        }
+        if b.max_backoff < b.min_backoff {
+            return Err((
+                "balancer.max_backoff",
+                format!("\"{}\"", humantime::format_duration(b.max_backoff)),
+                "must not be below balancer.min_backoff".into(),
+            ));
+        }
+        if b.failures == 0 {
+            return Err(("balancer.failures", "0".into(), "must be at least 1".into()));
+        }
+        if !(1..=100_000).contains(&b.queue) {
+            return Err((
+                "balancer.queue",
+                b.queue.to_string(),
+                "must be between 1 and 100000".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Keys that only mean something with an identity.
@@ -207,7 +271,11 @@ impl Config {
         for (key, target) in [
             (
                 "outbound.target",
-                self.outbound.target.filter(|_| self.outbound.enabled),
+                self.outbound
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.addr())
+                    .filter(|_| self.outbound.enabled),
             ),
             (
                 "inbound.target",
@@ -223,8 +291,10 @@ impl Config {
                 ));
             }
         }
+        // Port 0 asks the kernel for a free port: two such listeners never collide.
         if let [Some(outbound), Some(inbound)] = own
             && outbound == inbound
+            && outbound.port() != 0
         {
             return Err((
                 "inbound.listen",

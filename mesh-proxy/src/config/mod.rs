@@ -29,6 +29,9 @@
 //! (a target that loops back into a listener), in `load.rs`.
 //!
 //! `[identity]` ([`IdentityConfig`]) is optional: absent means plaintext everywhere.
+//! `[namers.<name>]` ([`NamerConfig`]) mount namers at `/#/<name>`, shared by every listener
+//! (and the routers to come); `[balancer]` ([`BalancerSettings`]) tunes the balancer over a
+//! bound name's endpoints.
 //!
 //! The sections still to come each arrive as one new field of [`Config`] (which is
 //! `#[non_exhaustive]`, so adding one breaks no caller), its own type, and one line in the
@@ -37,7 +40,6 @@
 //! - `[routers.<name>]` — `routers: BTreeMap<String, RouterConfig>` (identifier, dtab, and
 //!   per-service settings nested under `[routers.<name>.service."<path>"]`); `[outbound]`
 //!   gains `router = "<name>"`, checked across sections to name a configured router.
-//! - `[namers.<name>]` — `namers: BTreeMap<String, NamerConfig>`, shared by every router.
 //!
 //! # The effective configuration
 //!
@@ -47,6 +49,7 @@
 //! Readers see the old or the new file, never a mix, and never wait on a lock.
 //! [`BoundProxy::config`](crate::BoundProxy::config) returns the one in force.
 
+mod discovery;
 mod identity;
 mod listeners;
 mod load;
@@ -60,6 +63,7 @@ use arc_swap::ArcSwap;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+pub use self::discovery::{BalancerSettings, NamerConfig, OutboundTarget};
 pub(crate) use self::identity::InboundPolicies;
 pub use self::identity::{IdentityConfig, InboundMode, PeerId, PolicyConfig, PortPolicyConfig};
 pub use self::listeners::{
@@ -90,6 +94,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The workload's mesh identity; absent: plaintext.
     pub identity: Option<IdentityConfig>,
+    /// Namers, by the name they are mounted under (`/#/<name>/…`).
+    pub namers: std::collections::BTreeMap<String, NamerConfig>,
+    /// How requests are spread over a bound name's endpoints.
+    pub balancer: BalancerSettings,
 }
 
 /// The configuration in force, shared by a proxy and its admin server.

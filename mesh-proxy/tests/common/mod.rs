@@ -195,7 +195,7 @@ pub fn config(target: SocketAddr) -> Config {
     cfg.admin.listen = any;
     cfg.outbound.listen = Some(any);
     cfg.inbound.listen = Some(any);
-    cfg.outbound.target = Some(target);
+    cfg.outbound.target = Some(target.into());
     cfg.inbound.target = Some(target);
     cfg.shutdown.grace = Duration::from_secs(10);
     cfg
@@ -276,6 +276,15 @@ pub async fn scrape(admin: SocketAddr) -> String {
         .expect("scrape");
     assert_eq!(res.status(), 200, "GET /metrics");
     String::from_utf8(body_bytes(res.into_body()).await.to_vec()).expect("utf-8")
+}
+
+/// The response's `l5d-proxy-error`, or empty.
+pub fn proxy_error<B>(res: &http::Response<B>) -> String {
+    res.headers()
+        .get("l5d-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The value of the first sample line of `name` that carries every label in `labels`
