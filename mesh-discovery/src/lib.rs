@@ -12,10 +12,12 @@
 //! - [`namer`]: the interface, bound names and errors, and [`namer::Namers`], the registry
 //!   that binds `/#/NAME/...` paths;
 //! - [`static_namer`]: services listed in the configuration (`kind = "static"`);
-//! - [`file_namer`]: one watched file per name (`kind = "file"`).
+//! - [`file_namer`]: one watched file per name (`kind = "file"`);
+//! - [`dns_namer`]: A/AAAA and SRV records, refreshed by TTL (`kind = "dns"`, `"dns-srv"`).
 //!
-//! Each namer is usable on its own by a library user; DNS and control-plane namers come next.
+//! Each namer is usable on its own by a library user; control-plane namers come next.
 
+pub mod dns_namer;
 pub mod endpoint;
 pub mod file_namer;
 pub mod namer;

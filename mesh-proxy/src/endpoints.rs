@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::listener::ListenerCtx;
 
 use mesh_core::metrics::{ENDPOINTS, RESOLVER_ERRORS_TOTAL, RESOLVER_UPDATES_TOTAL};
+use mesh_discovery::dns_namer::DnsNamer;
 use mesh_discovery::file_namer::FileNamer;
 
 /// Every balanced destination of every listener, with its endpoints: state, weight,
@@ -27,11 +28,10 @@ pub(crate) fn json(listeners: &[Arc<ListenerCtx>]) -> Value {
             let endpoints: Vec<Value> = table
                 .list()
                 .into_iter()
-                .map(|(entry, health, failures)| {
-                    let e = &entry.endpoint;
+                .map(|(e, state, failures)| {
                     json!({
                         "addr": e.addr().to_string(),
-                        "state": health.label(),
+                        "state": state.label(),
                         "weight": e.weight().get(),
                         "identity": e.identity().map(ToString::to_string),
                         "labels": e.labels().iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -63,6 +63,7 @@ pub(crate) fn record(listeners: &[Arc<ListenerCtx>]) {
                 (Health::Ready.label(), s.ready),
                 (Health::Ejected.label(), s.ejected),
                 (Health::Probing.label(), s.probing),
+                ("pending", s.pending),
             ] {
                 metrics::gauge!(ENDPOINTS, "direction" => dir, "dst" => dst.clone(), "state" => state)
                     .set(n as f64);
@@ -71,11 +72,21 @@ pub(crate) fn record(listeners: &[Arc<ListenerCtx>]) {
     }
 }
 
-/// Exports each file namer's update and error counts.
-pub(crate) fn record_namers(namers: &[Arc<FileNamer>]) {
+/// A namer that counts its updates and errors.
+#[derive(Clone, Debug)]
+pub(crate) enum Counted {
+    File(Arc<FileNamer>),
+    Dns(Arc<DnsNamer>),
+}
+
+/// Exports each namer's update and error counts.
+pub(crate) fn record_namers(namers: &[Counted]) {
     for n in namers {
-        let name = n.name().to_string();
-        metrics::counter!(RESOLVER_UPDATES_TOTAL, "namer" => name.clone()).absolute(n.updates());
-        metrics::counter!(RESOLVER_ERRORS_TOTAL, "namer" => name).absolute(n.errors());
+        let (name, updates, errors) = match n {
+            Counted::File(n) => (n.name().to_string(), n.updates(), n.errors()),
+            Counted::Dns(n) => (n.name().to_string(), n.updates(), n.errors()),
+        };
+        metrics::counter!(RESOLVER_UPDATES_TOTAL, "namer" => name.clone()).absolute(updates);
+        metrics::counter!(RESOLVER_ERRORS_TOTAL, "namer" => name).absolute(errors);
     }
 }

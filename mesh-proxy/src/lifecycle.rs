@@ -35,7 +35,10 @@ use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
 use crate::stack::Targets;
 use mesh_core::target::Name;
+use mesh_discovery::dns_namer::{DnsKind, DnsNamer};
 use mesh_discovery::file_namer::FileNamer;
+
+use crate::endpoints::Counted;
 use mesh_discovery::namer::{Namer, NamerName, Namers};
 use mesh_discovery::static_namer::StaticNamer;
 
@@ -354,10 +357,10 @@ impl Proxy {
 }
 
 /// The namers of `[namers.*]`, mounted under their names.
-/// The file namers are also returned, for their update and error counters.
+/// The file and DNS namers are also returned, for their update and error counters.
 fn build_namers(
     config: &std::collections::BTreeMap<String, NamerConfig>,
-) -> Result<(Namers, Vec<Arc<FileNamer>>), StartError> {
+) -> Result<(Namers, Vec<Counted>), StartError> {
     let mut namers = Namers::new();
     let mut files = Vec::new();
     for (name, cfg) in config {
@@ -373,7 +376,20 @@ fn build_namers(
             NamerConfig::File { dir } => {
                 let namer =
                     Arc::new(FileNamer::new(mounted, dir).map_err(|e| fail(e.to_string()))?);
-                files.push(namer.clone());
+                files.push(Counted::File(namer.clone()));
+                namer
+            }
+            NamerConfig::Dns(dns) | NamerConfig::DnsSrv(dns) => {
+                let kind = if matches!(cfg, NamerConfig::Dns(_)) {
+                    DnsKind::A
+                } else {
+                    DnsKind::Srv
+                };
+                let namer = Arc::new(
+                    DnsNamer::new(mounted, dns.dns_config(kind))
+                        .map_err(|e| fail(e.to_string()))?,
+                );
+                files.push(Counted::Dns(namer.clone()));
                 namer
             }
         };
@@ -417,7 +433,7 @@ pub struct BoundProxy {
     config: EffectiveConfig,
     identity: Option<Arc<CredentialStore>>,
     /// File namers, whose counters housekeeping exports.
-    file_namers: Vec<Arc<FileNamer>>,
+    file_namers: Vec<Counted>,
     admin_state: AdminState,
     shutdown: Shutdown,
 }

@@ -251,6 +251,14 @@ fn bad_namer_configs_are_refused_naming_what_is_wrong() {
             "unknown variant",
         ),
         ("[balancer]\nfailures = 0\n", "at least 1"),
+        (
+            "[namers.dns]\nkind = \"dns\"\nmin_ttl = \"10s\"\nmax_ttl = \"1s\"\n",
+            "max_ttl must not be below min_ttl",
+        ),
+        (
+            "[namers.dns]\nkind = \"dns-srv\"\nnameserver = \"nope\"\n",
+            "invalid socket address syntax",
+        ),
     ] {
         let err = Config::from_toml("t.toml", text).expect_err(text);
         assert!(err.to_string().contains(want), "{text}: {err}");

@@ -32,9 +32,33 @@ pub struct EndpointEntry {
 }
 
 /// What a destination's resolution currently says, shared with fail-fast and the admin.
+///
+/// The balancer takes in discovery's changes when it is asked for readiness, that is when
+/// requests flow; the resolution itself is read directly, so an operator's view is current
+/// even with no traffic: an endpoint discovered but not yet taken in shows as pending.
 #[derive(Debug, Default)]
 pub struct Endpoints {
     inner: Mutex<Table>,
+    resolution: Mutex<Option<watch::Receiver<Resolution>>>,
+}
+
+/// An endpoint's state as an operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Discovered, not yet taken in by the balancer (no request since).
+    Pending,
+    /// In the balancer, with this health.
+    Balanced(Health),
+}
+
+impl EndpointState {
+    /// The `state` label: `pending`, `ready`, `ejected` or `probing`.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndpointState::Pending => "pending",
+            EndpointState::Balanced(h) => h.label(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +79,8 @@ pub struct Summary {
     pub ejected: usize,
     /// Endpoints whose backoff ended, waiting for their probe.
     pub probing: usize,
+    /// Endpoints discovered but not yet taken in by the balancer.
+    pub pending: usize,
     /// Whether a first resolution has arrived.
     pub resolved: bool,
     /// Why the name does not exist, if it does not.
@@ -66,31 +92,62 @@ impl Endpoints {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every endpoint with its health and consecutive failures.
-    pub fn list(&self) -> Vec<(EndpointEntry, Health, u32)> {
-        self.lock()
-            .endpoints
-            .values()
-            .map(|e| {
-                let (health, failures) = e.accrual.snapshot();
-                (e.clone(), health, failures)
-            })
-            .collect()
+    /// The resolution in force, when known.
+    fn resolution(&self) -> Option<Resolution> {
+        let r = self.resolution.lock().unwrap_or_else(|p| p.into_inner());
+        r.as_ref().map(|r| r.borrow().clone())
+    }
+
+    /// Every endpoint discovery names, with its state and consecutive failures (the
+    /// balancer's view for those it has taken in).
+    pub fn list(&self) -> Vec<(Endpoint, EndpointState, u32)> {
+        let t = self.lock();
+        let balanced = |e: &EndpointEntry| {
+            let (health, failures) = e.accrual.snapshot();
+            (
+                e.endpoint.clone(),
+                EndpointState::Balanced(health),
+                failures,
+            )
+        };
+        match self.resolution() {
+            Some(Resolution::Endpoints(set)) => set
+                .values()
+                .map(|e| match t.endpoints.get(&e.addr()) {
+                    Some(entry) if entry.endpoint == *e => balanced(entry),
+                    _ => (e.clone(), EndpointState::Pending, 0),
+                })
+                .collect(),
+            Some(Resolution::DoesNotExist(_)) => Vec::new(),
+            Some(Resolution::Pending) | None => t.endpoints.values().map(balanced).collect(),
+        }
     }
 
     /// Counts per state, and whether the name exists.
     pub fn summary(&self) -> Summary {
-        let t = self.lock();
+        let (resolved, missing) = {
+            let t = self.lock();
+            (t.resolved, t.missing.clone())
+        };
         let mut s = Summary {
-            resolved: t.resolved,
-            missing: t.missing.clone(),
+            resolved,
+            missing,
             ..Summary::default()
         };
-        for e in t.endpoints.values() {
-            match e.accrual.snapshot().0 {
-                Health::Ready => s.ready += 1,
-                Health::Ejected => s.ejected += 1,
-                Health::Probing => s.probing += 1,
+        match self.resolution() {
+            Some(Resolution::DoesNotExist(why)) => {
+                s.resolved = true;
+                s.missing = Some(why);
+            }
+            Some(Resolution::Endpoints(_)) => s.resolved = true,
+            Some(Resolution::Pending) | None => {}
+        }
+        for (_, state, _) in self.list() {
+            match state {
+                EndpointState::Pending => s.pending += 1,
+                EndpointState::Balanced(Health::Ready) => s.ready += 1,
+                EndpointState::Balanced(Health::Ejected) => s.ejected += 1,
+                EndpointState::Balanced(Health::Probing) => s.probing += 1,
             }
         }
         s
@@ -121,6 +178,7 @@ where
     /// Follows `resolution`, building each new endpoint's service with `make`, and keeps
     /// `table` current.
     pub fn new(resolution: watch::Receiver<Resolution>, make: M, table: Arc<Endpoints>) -> Self {
+        *table.resolution.lock().unwrap_or_else(|p| p.into_inner()) = Some(resolution.clone());
         Self {
             updates: WatchStream::new(resolution),
             make,

@@ -82,7 +82,7 @@ impl<S> FailFast<S> {
                 format!("no such name: {why}"),
             );
         }
-        let total = s.ready + s.ejected + s.probing;
+        let total = s.ready + s.ejected + s.probing + s.pending;
         let reason = if !s.resolved {
             format!("no answer from discovery within {:?}", self.timeout)
         } else if total == 0 {

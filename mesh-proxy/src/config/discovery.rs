@@ -34,6 +34,57 @@ pub enum NamerConfig {
         /// The directory of endpoint files.
         dir: PathBuf,
     },
+    /// DNS A and AAAA records: `/#/<name>/<host>/<port>`, refreshed by the answer's TTL
+    /// (within `min_ttl`..`max_ttl`); NXDOMAIN means the name does not exist; a failed lookup
+    /// keeps the last good set.
+    Dns(DnsSettings),
+    /// DNS SRV records: `/#/<name>/<srv name>` (e.g. `_http._tcp.hello.example`), ports and
+    /// weights from the records, targets resolved to addresses.
+    DnsSrv(DnsSettings),
+}
+
+/// The settings of a DNS namer.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSettings {
+    /// The nameserver to ask (UDP and TCP), e.g. `"127.0.0.1:5353"`. Default: the system's
+    /// (`/etc/resolv.conf`).
+    pub nameserver: Option<SocketAddr>,
+    /// The shortest refresh interval, whatever the TTL. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// The longest refresh interval, whatever the TTL. Default: 5m.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Bound on one query. Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            nameserver: None,
+            min_ttl: mesh_discovery::dns_namer::DEFAULT_MIN_TTL,
+            max_ttl: mesh_discovery::dns_namer::DEFAULT_MAX_TTL,
+            timeout: mesh_discovery::dns_namer::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl DnsSettings {
+    /// The namer configuration of kind `kind` these settings describe.
+    pub fn dns_config(
+        &self,
+        kind: mesh_discovery::dns_namer::DnsKind,
+    ) -> mesh_discovery::dns_namer::DnsConfig {
+        let mut c = mesh_discovery::dns_namer::DnsConfig::new(kind);
+        c.nameserver = self.nameserver;
+        c.min_ttl = self.min_ttl;
+        c.max_ttl = self.max_ttl;
+        c.timeout = self.timeout;
+        c
+    }
 }
 
 /// The `[balancer]` section: how requests are spread over a bound name's endpoints.

@@ -189,6 +189,36 @@ impl Config {
                     "a namer name is ASCII letters, digits, -, _ or . (at most 64 bytes)".into(),
                 ));
             };
+            if let super::NamerConfig::Dns(d) | super::NamerConfig::DnsSrv(d) = namer {
+                let floor = std::time::Duration::from_millis(10);
+                if d.min_ttl < floor || d.timeout < floor {
+                    return Err((
+                        "namers",
+                        format!("\"{name}\""),
+                        "min_ttl and timeout must be at least 10ms".into(),
+                    ));
+                }
+                if d.max_ttl < d.min_ttl {
+                    return Err((
+                        "namers",
+                        format!("\"{name}\""),
+                        "max_ttl must not be below min_ttl".into(),
+                    ));
+                }
+                for (what, v) in [
+                    ("min_ttl", d.min_ttl),
+                    ("max_ttl", d.max_ttl),
+                    ("timeout", d.timeout),
+                ] {
+                    if v > MAX_DURATION {
+                        return Err((
+                            "namers",
+                            format!("\"{name}\""),
+                            format!("{what} must be at most 30 days"),
+                        ));
+                    }
+                }
+            }
             // Static endpoints are checked now, naming the service and the entry.
             if let super::NamerConfig::Static { services } = namer
                 && let Err(e) = mesh_discovery::static_namer::StaticNamer::new(mounted, services)

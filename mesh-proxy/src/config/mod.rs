@@ -63,7 +63,7 @@ use arc_swap::ArcSwap;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
-pub use self::discovery::{BalancerSettings, NamerConfig, OutboundTarget};
+pub use self::discovery::{BalancerSettings, DnsSettings, NamerConfig, OutboundTarget};
 pub(crate) use self::identity::InboundPolicies;
 pub use self::identity::{IdentityConfig, InboundMode, PeerId, PolicyConfig, PortPolicyConfig};
 pub use self::listeners::{
