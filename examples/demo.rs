@@ -1,6 +1,7 @@
 //! A small mesh in one process: the hello application (HTTP/1.1, HTTP/2 and gRPC) behind two
-//! sidecars that talk mTLS. The client's sidecar (outbound, port 4140) sends every request over
-//! mesh TLS to the hello app's sidecar (inbound, port 4143, strict: mesh TLS only), which
+//! sidecars that talk mTLS. The client's sidecar (outbound, port 4140) resolves `/#/demo/hello`
+//! with a static namer (the hello sidecar's address and identity) and balances every request
+//! over mesh TLS to the hello app's sidecar (inbound, port 4143, strict: mesh TLS only), which
 //! verifies the client's workload identity and tells the app who called in `l5d-client-id`.
 //! The identities are issued at start-up by a fresh CA into a temporary directory. It serves at
 //! once, prints commands to try, and runs until Ctrl-C.
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mesh_proxy::config::{Config, IdentityConfig, InboundMode, PeerId};
+use mesh_proxy::config::{Config, IdentityConfig, InboundMode, NamerConfig};
 use mesh_proxy::{BoundProxy, Proxy};
 use mesh_test::app::App;
 use mesh_test::grpc::GreeterClient;
@@ -62,8 +63,13 @@ fn run() -> anyhow::Result<()> {
 
         // The client's sidecar: outbound to the hello sidecar, which must be HELLO_ID.
         let mut client = demo_config("127.0.0.1:4191")?;
-        client.outbound.target = Some(inb.into());
-        client.outbound.peer_id = Some(PeerId(HELLO_ID.parse()?));
+        // Discovery names the hello sidecar and the identity it must present: a static namer,
+        // so the demo's traffic also crosses a balancer (`/endpoints.json`).
+        let services = [("hello".to_owned(), vec![format!("{inb} id={HELLO_ID}")])].into();
+        client
+            .namers
+            .insert("demo".to_owned(), NamerConfig::Static { services });
+        client.outbound.target = Some("/#/demo/hello".parse().map_err(anyhow::Error::msg)?);
         client.inbound.enabled = false;
         client.identity = Some(IdentityConfig::new(dir.join("client")));
         let client = start(client, telemetry_prometheus, Some(telemetry.log)).await?;
@@ -112,6 +118,7 @@ Try:
       http://{out}/hello.Greeter/SayHello | od -c        # raw gRPC call
   curl -s http://{admin_hello}/metrics | grep -E '^mesh_(request|authz|identity)'
                                                          # metrics with tls="true" and peer_id
+  curl -s http://{admin_client}/endpoints.json           # the balancer over /#/demo/hello
   curl -s http://{admin_client}/config.json              # the effective config
   curl -s -X PUT -d debug http://{admin_client}/log-level   # change the log level
   curl -s -X POST http://{admin_client}/shutdown         # graceful shutdown (or Ctrl-C)

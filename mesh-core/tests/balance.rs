@@ -166,12 +166,13 @@ async fn a_failing_replica_is_ejected_then_restored() {
         "the failing replica kept getting traffic: {bad_served}"
     );
     let list = f.balancer.endpoints().list();
-    let (_, health, failures) = list
+    let shown = list
         .iter()
-        .find(|(e, _, _)| e.addr() == addr(2))
+        .find(|v| v.endpoint.addr() == addr(2))
         .expect("listed");
-    assert_ne!(*health, EndpointState::Balanced(Health::Ready));
-    assert!(*failures >= 5);
+    assert_ne!(shown.state, EndpointState::Balanced(Health::Ready));
+    assert!(shown.consecutive_failures >= 5);
+    assert_eq!(shown.in_flight, 0);
 
     // It recovers: after its backoff a probe succeeds and it takes traffic again.
     bad.failing.store(false, Ordering::SeqCst);

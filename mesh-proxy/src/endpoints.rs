@@ -18,7 +18,8 @@ use mesh_discovery::dns_namer::DnsNamer;
 use mesh_discovery::file_namer::FileNamer;
 
 /// Every balanced destination of every listener, with its endpoints: state, weight,
-/// identity, labels and consecutive failures (what Envoy's `/clusters` shows).
+/// identity, labels, requests in flight (its current load) and consecutive failures (what
+/// Envoy's `/clusters` shows).
 pub(crate) fn json(listeners: &[Arc<ListenerCtx>]) -> Value {
     let mut destinations = Vec::new();
     for ctx in listeners {
@@ -28,14 +29,16 @@ pub(crate) fn json(listeners: &[Arc<ListenerCtx>]) -> Value {
             let endpoints: Vec<Value> = table
                 .list()
                 .into_iter()
-                .map(|(e, state, failures)| {
+                .map(|v| {
+                    let e = &v.endpoint;
                     json!({
                         "addr": e.addr().to_string(),
-                        "state": state.label(),
+                        "state": v.state.label(),
+                        "in_flight": v.in_flight,
                         "weight": e.weight().get(),
                         "identity": e.identity().map(ToString::to_string),
                         "labels": e.labels().iter().collect::<std::collections::BTreeMap<_, _>>(),
-                        "consecutive_failures": failures,
+                        "consecutive_failures": v.consecutive_failures,
                     })
                 })
                 .collect();

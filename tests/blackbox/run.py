@@ -8,7 +8,7 @@ Run from the repository root:
     python3 tests/blackbox/run.py -k shutdown     # tests whose name contains "shutdown"
 
 The binary comes from $MESH_SIDECAR (default target/debug/examples/sidecar). External tools
-(curl, promtool, nghttpd) must be installed; a missing one fails the tests that need it.
+(curl, promtool, nghttpd, openssl, dnsmasq) must be installed; a missing one fails the tests that need it.
 Exits 0 when every test passed, 1 otherwise.
 
 A hang fails rather than stalls: each test has --test-timeout seconds (it then errors with

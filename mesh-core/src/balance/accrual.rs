@@ -71,6 +71,8 @@ impl Health {
 struct State {
     health: Health,
     consecutive: u32,
+    /// Requests sent and not yet answered (the endpoint's current load).
+    in_flight: u32,
     probe_in_flight: bool,
     /// The task waiting for the probe to finish.
     waiter: Option<Waker>,
@@ -85,6 +87,11 @@ impl AccrualHandle {
     pub fn snapshot(&self) -> (Health, u32) {
         let s = lock(&self.0);
         (s.health, s.consecutive)
+    }
+
+    /// Requests sent to the endpoint and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        lock(&self.0).in_flight
     }
 }
 
@@ -133,6 +140,7 @@ impl<S> FailureAccrual<S> {
             state: Arc::new(Mutex::new(State {
                 health: Health::Ready,
                 consecutive: 0,
+                in_flight: 0,
                 probe_in_flight: false,
                 waiter: None,
             })),
@@ -209,8 +217,11 @@ where
             if s.health == Health::Probing {
                 s.probe_in_flight = true;
             }
+            s.in_flight = s.in_flight.saturating_add(1);
         }
         let fut = self.inner.call(req);
+        // Counts the request out however its future ends (answered, failed or dropped).
+        let guard = InFlight(self.state.clone());
         let state = self.state.clone();
         let failures = self.failures;
         Box::pin(async move {
@@ -220,8 +231,19 @@ where
                 Ok(r) => classify.head(r.status(), r.headers()) == Some(ResponseClass::Failure),
             };
             record(&state, failed, failures);
+            drop(guard);
             res
         })
+    }
+}
+
+/// One request in flight; dropping it counts the request out.
+struct InFlight(Arc<Mutex<State>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0);
+        s.in_flight = s.in_flight.saturating_sub(1);
     }
 }
 

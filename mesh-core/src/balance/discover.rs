@@ -42,6 +42,19 @@ pub struct Endpoints {
     resolution: Mutex<Option<watch::Receiver<Resolution>>>,
 }
 
+/// One endpoint as an operator sees it.
+#[derive(Clone, Debug)]
+pub struct EndpointView {
+    /// What discovery said of it.
+    pub endpoint: Endpoint,
+    /// Its state.
+    pub state: EndpointState,
+    /// Consecutive failures.
+    pub consecutive_failures: u32,
+    /// Requests sent and not yet answered: its current load.
+    pub in_flight: u32,
+}
+
 /// An endpoint's state as an operator sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointState {
@@ -98,24 +111,30 @@ impl Endpoints {
         r.as_ref().map(|r| r.borrow().clone())
     }
 
-    /// Every endpoint discovery names, with its state and consecutive failures (the
-    /// balancer's view for those it has taken in).
-    pub fn list(&self) -> Vec<(Endpoint, EndpointState, u32)> {
+    /// Every endpoint discovery names, with its state, consecutive failures and requests in
+    /// flight (the balancer's view for those it has taken in).
+    pub fn list(&self) -> Vec<EndpointView> {
         let t = self.lock();
         let balanced = |e: &EndpointEntry| {
             let (health, failures) = e.accrual.snapshot();
-            (
-                e.endpoint.clone(),
-                EndpointState::Balanced(health),
-                failures,
-            )
+            EndpointView {
+                endpoint: e.endpoint.clone(),
+                state: EndpointState::Balanced(health),
+                consecutive_failures: failures,
+                in_flight: e.accrual.in_flight(),
+            }
         };
         match self.resolution() {
             Some(Resolution::Endpoints(set)) => set
                 .values()
                 .map(|e| match t.endpoints.get(&e.addr()) {
                     Some(entry) if entry.endpoint == *e => balanced(entry),
-                    _ => (e.clone(), EndpointState::Pending, 0),
+                    _ => EndpointView {
+                        endpoint: e.clone(),
+                        state: EndpointState::Pending,
+                        consecutive_failures: 0,
+                        in_flight: 0,
+                    },
                 })
                 .collect(),
             Some(Resolution::DoesNotExist(_)) => Vec::new(),
@@ -142,8 +161,8 @@ impl Endpoints {
             Some(Resolution::Endpoints(_)) => s.resolved = true,
             Some(Resolution::Pending) | None => {}
         }
-        for (_, state, _) in self.list() {
-            match state {
+        for view in self.list() {
+            match view.state {
                 EndpointState::Pending => s.pending += 1,
                 EndpointState::Balanced(Health::Ready) => s.ready += 1,
                 EndpointState::Balanced(Health::Ejected) => s.ejected += 1,

@@ -33,7 +33,9 @@ use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower_service::Service;
 
 pub use self::accrual::{AccrualConfig, AccrualHandle, FailureAccrual, Health};
-pub use self::discover::{EndpointEntry, EndpointState, Endpoints, ResolutionDiscover, Summary};
+pub use self::discover::{
+    EndpointEntry, EndpointState, EndpointView, Endpoints, ResolutionDiscover, Summary,
+};
 pub use self::failfast::{BoxResponse, FailFast, Unavailable};
 use crate::BoxError;
 use crate::body::{ProxyBody, RequestBody};
