@@ -7,6 +7,13 @@
 //! admits one probe request; a success restores it (and resets the backoff), a failure ejects
 //! it again for the next, longer backoff. This is what keeps P2C honest: an endpoint that
 //! fails instantly would otherwise look like the least loaded one and draw more traffic.
+//!
+//! The same per-endpoint state gives a new endpoint a warm-up: until it has answered once
+//! (or [`WARMUP_CAP`] has passed since its first request), it takes one request at a time.
+//! Peak-EWMA knows nothing of an endpoint before its first answer, so without this a burst
+//! of concurrent requests to a cold balancer splits evenly between a fast and a slow replica
+//! (half the burst waits for the slow one); with it the burst waits at most one answer of the
+//! fastest endpoint, and the slow one is found out by a single request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +29,9 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::classify::{Classify, ResponseClass};
+
+/// How long a new endpoint takes one request at a time if its first answer does not come.
+pub const WARMUP_CAP: Duration = Duration::from_secs(1);
 
 /// When an endpoint is ejected, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +83,10 @@ struct State {
     consecutive: u32,
     /// Requests sent and not yet answered (the endpoint's current load).
     in_flight: u32,
+    /// Whether the endpoint has answered once (or its warm-up ran out).
+    warm: bool,
+    /// When its first request was sent.
+    first_sent: Option<tokio::time::Instant>,
     probe_in_flight: bool,
     /// The task waiting for the probe to finish.
     waiter: Option<Waker>,
@@ -110,6 +124,8 @@ pub struct FailureAccrual<S> {
     escalated: bool,
     /// The current ejection's timer.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The end of the warm-up, while the endpoint is cold.
+    warmup: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for FailureAccrual<S> {
@@ -141,6 +157,8 @@ impl<S> FailureAccrual<S> {
                 health: Health::Ready,
                 consecutive: 0,
                 in_flight: 0,
+                warm: false,
+                first_sent: None,
                 probe_in_flight: false,
                 waiter: None,
             })),
@@ -148,12 +166,37 @@ impl<S> FailureAccrual<S> {
             backoff,
             escalated: false,
             sleep: None,
+            warmup: None,
         }
     }
 
     /// A handle to read the endpoint's health.
     pub fn handle(&self) -> AccrualHandle {
         AccrualHandle(self.state.clone())
+    }
+}
+
+impl<S> FailureAccrual<S> {
+    /// Pending while the endpoint is cold and already has its one request in flight.
+    fn warming(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let until = {
+            let mut s = lock(&self.state);
+            match s.first_sent {
+                Some(first) if !s.warm && s.in_flight > 0 => {
+                    s.waiter = Some(cx.waker().clone());
+                    first + WARMUP_CAP
+                }
+                _ => return Poll::Ready(()),
+            }
+        };
+        let sleep = self
+            .warmup
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            lock(&self.state).warm = true;
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
@@ -167,6 +210,9 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.warming(cx).is_pending() {
+            return Poll::Pending;
+        }
         loop {
             let health = lock(&self.state).health;
             match health {
@@ -218,6 +264,9 @@ where
                 s.probe_in_flight = true;
             }
             s.in_flight = s.in_flight.saturating_add(1);
+            if s.first_sent.is_none() {
+                s.first_sent = Some(tokio::time::Instant::now());
+            }
         }
         let fut = self.inner.call(req);
         // Counts the request out however its future ends (answered, failed or dropped).
@@ -244,6 +293,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut s = lock(&self.0);
         s.in_flight = s.in_flight.saturating_sub(1);
+        // A cold endpoint whose one request went away (the client left) may take the next.
+        if let Some(w) = s.waiter.take() {
+            w.wake();
+        }
     }
 }
 
@@ -251,6 +304,8 @@ impl Drop for InFlight {
 /// consecutive failure (or a failed probe) ejects it.
 fn record(state: &Mutex<State>, failed: bool, failures: u32) {
     let mut s = lock(state);
+    // Any answer (an error too) is a latency sample: the endpoint is warm.
+    s.warm = true;
     let was_probe = s.health == Health::Probing;
     if failed {
         s.consecutive = s.consecutive.saturating_add(1);

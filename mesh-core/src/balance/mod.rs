@@ -32,7 +32,7 @@ use tower::buffer::Buffer;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower_service::Service;
 
-pub use self::accrual::{AccrualConfig, AccrualHandle, FailureAccrual, Health};
+pub use self::accrual::{AccrualConfig, AccrualHandle, FailureAccrual, Health, WARMUP_CAP};
 pub use self::discover::{
     EndpointEntry, EndpointState, EndpointView, Endpoints, ResolutionDiscover, Summary,
 };
