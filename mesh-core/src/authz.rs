@@ -201,7 +201,7 @@ impl PortPolicy {
     /// longest matching prefix wins).
     pub fn with_path(mut self, prefix: &str, policy: Policy) -> Self {
         let rule: Arc<str> = format!("path={prefix}:{policy}").into();
-        self.paths.push((prefix.to_owned(), rule, policy));
+        self.paths.push((normalize(prefix), rule, policy));
         self.paths
             .sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
         self
@@ -221,11 +221,14 @@ impl PortPolicy {
     /// Decides for a peer (`None`: no verified identity) and, for HTTP, a request path
     /// (`None`: a TCP connection, decided by the port's default).
     pub fn decide(&self, peer: Option<&Identity>, path: Option<&str>) -> Decision {
+        // Matched on the path as the application will read it, so `//admin`, `/./admin` or
+        // `/%61dmin` cannot slip past a rule on `/admin`; only when there are path rules.
+        let path = path.filter(|_| !self.paths.is_empty()).map(normalize);
         let (rule, policy) = path
             .and_then(|p| {
                 self.paths
                     .iter()
-                    .find(|(prefix, _, _)| p.starts_with(prefix.as_str()))
+                    .find(|(prefix, _, _)| under(prefix, &p))
                     .map(|(_, rule, policy)| (rule, policy))
             })
             .unwrap_or((&self.default.0, &self.default.1));
@@ -234,6 +237,58 @@ impl PortPolicy {
             rule: rule.clone(),
         }
     }
+}
+
+/// The path as an application will most likely resolve it: percent-encoded unreserved
+/// characters decoded, repeated slashes merged, `.` and `..` segments resolved (never above
+/// the root).
+fn normalize(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(text) = std::str::from_utf8(hex)
+            && let Ok(b) = u8::from_str_radix(text, 16)
+            && (b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            decoded.push(b);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    out.push('/');
+    out.push_str(&segments.join("/"));
+    if decoded.ends_with('/') && !segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Whether `path` is `prefix` or below it, at a segment boundary (`/admin` covers
+/// `/admin/x`, not `/administrator`).
+fn under(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A request the policy denied; answered `403` (gRPC `PERMISSION_DENIED`) naming the rule.
@@ -303,6 +358,26 @@ mod tests {
         assert_eq!(&*d.rule, "path=/admin/public:all-unauthenticated");
         let d = policy.decide(None, None);
         assert_eq!((d.allowed, &*d.rule), (false, "default=all-authenticated"));
+    }
+
+    #[test]
+    fn path_rules_cannot_be_dodged_by_spelling_the_path_differently() {
+        let policy = PortPolicy::new(Policy::AllUnauthenticated).with_path("/admin", Policy::Deny);
+        for denied in [
+            "/admin",
+            "/admin/",
+            "/admin/users",
+            "//admin",
+            "/./admin",
+            "/x/../admin",
+            "/%61dmin/users",
+            "/admin/./x",
+        ] {
+            assert!(!policy.decide(None, Some(denied)).allowed, "{denied}");
+        }
+        for allowed in ["/administrator", "/", "/x/admin", "/%2Fadmin"] {
+            assert!(policy.decide(None, Some(allowed)).allowed, "{allowed}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn addr(port: u16) -> SocketAddr {
 struct Behaviour {
     delay: Duration,
     failing: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
     served: Arc<AtomicUsize>,
 }
 
@@ -40,6 +41,9 @@ fn endpoint_service(b: Behaviour) -> EndpointSvc {
         let b = b.clone();
         async move {
             tokio::time::sleep(b.delay).await;
+            if b.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             b.served.fetch_add(1, Ordering::SeqCst);
             let status = if b.failing.load(Ordering::SeqCst) {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -283,4 +287,39 @@ async fn a_lone_cold_endpoint_takes_one_request_then_all() {
     }
     // One answer's wait for the warm-up, then the rest concurrently: two answers' time.
     assert_eq!(started.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_does_not_leave_the_endpoint_stuck() {
+    let config = BalanceConfig {
+        fail_fast: Duration::from_secs(600),
+        ..BalanceConfig::default()
+    };
+    let f = fixture(vec![(1, Behaviour::default())], config);
+    f.publish(&[1]);
+    let b = f.behaviours[&addr(1)].clone();
+    // Eject the only endpoint: 5 failures.
+    b.failing.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        let _ = f.send().await;
+    }
+    assert_eq!(f.balancer.endpoints().summary().ejected, 1);
+    // After its backoff the probe goes out and hangs; its client gives up.
+    b.failing.store(false, Ordering::SeqCst);
+    b.hang.store(true, Ordering::SeqCst);
+    let probe = tokio::time::timeout(Duration::from_secs(10), f.send()).await;
+    assert!(probe.is_err(), "the probe hung and was abandoned");
+    assert_eq!(
+        b.served.load(Ordering::SeqCst),
+        5,
+        "the probe was still in the endpoint"
+    );
+    // The endpoint answers again: it must come back (next backoff, new probe), not stay
+    // "probing" forever.
+    b.hang.store(false, Ordering::SeqCst);
+    let res = tokio::time::timeout(Duration::from_secs(120), f.send())
+        .await
+        .expect("served again within the next backoff")
+        .expect("response");
+    assert_eq!(res.status(), 200);
 }

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! - `ADDR` is `ip:port` or `[ipv6]:port` (no host names: resolving them is a DNS namer's job);
-//! - `weight` is the endpoint's share of traffic relative to its siblings, 1 to
-//!   [`MAX_WEIGHT`] (default 1);
+//! - `weight` is the endpoint's relative weight, 1 to [`MAX_WEIGHT`] (default 1): carried
+//!   and shown (`/endpoints.json`); the P2C balancer does not use it yet;
 //! - `id` is the SPIFFE ID the endpoint must present over mTLS;
 //! - any other `key=value` is a free-form label (`zone=b`, `node=n1`);
 //! - a key appears at most once; `#` starts a comment, whole-line or trailing; blank lines

@@ -35,6 +35,8 @@ pub(crate) const L5D_CLIENT_ID: &str = "l5d-client-id";
 #[derive(Debug)]
 pub(crate) struct PortAuthz {
     policy: PortPolicy,
+    /// Connections refused because path rules need HTTP and the bytes were not HTTP.
+    not_http: Counter,
     /// Denials are logged at most once a second per port.
     log: LogLimit,
     /// Per rule: (rule, allowed counter, denied counter).
@@ -58,8 +60,16 @@ impl PortAuthz {
                 (rule.clone(), counter("allow"), counter("deny"))
             })
             .collect();
+        let not_http = metrics::counter!(
+            AUTHZ_DECISIONS_TOTAL,
+            "direction" => "inbound",
+            "port" => port.to_owned(),
+            "rule" => "paths-need-http",
+            "decision" => "deny"
+        );
         Self {
             policy: policy.clone(),
+            not_http,
             log: LogLimit::new(),
             counters,
         }
@@ -80,6 +90,24 @@ impl PortAuthz {
             }
         }
         decision
+    }
+
+    /// Whether a connection that is not HTTP may be forwarded as bytes: not when the port
+    /// has path rules, which only HTTP requests can be held to (forwarding unparsed bytes
+    /// would let a client dodge them, and carry a forged `l5d-client-id` to the app).
+    pub(crate) fn admits_unparsed(&self, peer: Option<&Identity>) -> bool {
+        if !self.policy.has_paths() {
+            return true;
+        }
+        self.not_http.increment(1);
+        if let Some(suppressed) = self.log.allow() {
+            tracing::info!(
+                peer_id = peer.map_or_else(String::new, ToString::to_string),
+                suppressed,
+                "connection closed: not HTTP, and this port has HTTP path rules"
+            );
+        }
+        false
     }
 
     /// Logs a denial, rate-limited.

@@ -220,6 +220,16 @@ impl Proxy {
 
         let (namers, file_namers) = build_namers(&cfg.namers)?;
         let namers = Arc::new(namers);
+        // A target path the namer cannot bind at all (no port for a DNS name, an unsafe file
+        // name) is refused now, not answered 503 on every request.
+        if let Some(path) = cfg.outbound.target.as_ref().and_then(|t| t.path())
+            && cfg.outbound.enabled
+        {
+            namers.bind_path(path).map_err(|e| StartError::Namer {
+                name: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
         let balance = cfg.balancer.balance_config();
         let tcp = TcpConnect::new(ConnectTimeoutDuration(cfg.limits.connect_timeout));
         let outbound_connect = match &identity {

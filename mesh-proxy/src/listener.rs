@@ -282,7 +282,9 @@ async fn serve_inbound_tls(
             record_detect(dir, outcome.label());
             tracing::debug!(peer = %client, sni = ?hello.and_then(|h| h.server_name), "passing TLS for another name through");
             let accepted = Accepted::open(ctx, client, dst, Peer::Unauthenticated);
-            Box::pin(opaque(io, &accepted, ctx)).await;
+            if admits_unparsed(ctx, &accepted) {
+                Box::pin(opaque(io, &accepted, ctx)).await;
+            }
             accepted.closed();
         }
         InboundKind::Plaintext => {
@@ -296,6 +298,16 @@ async fn serve_inbound_tls(
             accepted.closed();
         }
     }
+}
+
+/// Whether a connection whose bytes turned out not to be HTTP (on a port not declared
+/// opaque) may be forwarded as such: inbound, not when the port has HTTP path rules.
+fn admits_unparsed(ctx: &ListenerCtx, accepted: &Accepted) -> bool {
+    ctx.authz.as_ref().is_none_or(|authz| {
+        authz
+            .port(port_of(&accepted.dst))
+            .admits_unparsed(accepted.target.peer.identity())
+    })
 }
 
 /// Whether connections to `dst` skip detection (its port is an opaque port). A bound name
@@ -361,12 +373,16 @@ async fn serve_detected<I>(
         Protocol::Http1 => false,
         Protocol::Http2 => true,
         Protocol::Tls(hello) => {
-            tracing::debug!(direction = dir, peer = %accepted.client, sni = ?hello.server_name, "forwarding TLS as opaque");
-            Box::pin(opaque(io, accepted, ctx)).await;
+            if admits_unparsed(ctx, accepted) {
+                tracing::debug!(direction = dir, peer = %accepted.client, sni = ?hello.server_name, "forwarding TLS as opaque");
+                Box::pin(opaque(io, accepted, ctx)).await;
+            }
             return;
         }
         Protocol::Opaque => {
-            Box::pin(opaque(io, accepted, ctx)).await;
+            if admits_unparsed(ctx, accepted) {
+                Box::pin(opaque(io, accepted, ctx)).await;
+            }
             return;
         }
     };

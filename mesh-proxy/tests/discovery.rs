@@ -81,8 +81,19 @@ async fn a_file_namer_spreads_requests_and_follows_edits() {
     );
     let proxy = proxy_with_metrics(named("/#/fs/hello", file_namer(&dir), |_| {})).await;
 
-    for _ in 0..60 {
-        assert_eq!(status(proxy.outbound).await.0, 200);
+    // Concurrent clients: P2C weighs each endpoint's latency by its requests in flight, so
+    // both take a share. (A lone sequential client goes to whichever answers fastest.)
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let out = proxy.outbound;
+        clients.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                assert_eq!(status(out).await.0, 200);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.expect("client");
     }
     let (na, nb) = (a.seen().len(), b.seen().len());
     assert!(na > 5 && nb > 5, "both replicas served: {na} / {nb}");

@@ -782,3 +782,35 @@ async fn a_peer_that_never_answers_the_handshake_fails_with_504_in_time() {
         "bounded by the connect timeout: {took:?}"
     );
 }
+
+#[tokio::test]
+async fn bytes_that_are_not_http_cannot_dodge_path_rules() {
+    let ids = Ids::new("unparsed");
+    let app = App::spawn().await;
+    let b = sidecar_b(app.addr(), &ids.dir("b"), |cfg| {
+        cfg.limits.detect_timeout = Duration::from_millis(200);
+        cfg.inbound
+            .paths
+            .insert("/admin".into(), PolicyConfig("deny".parse().expect("p")));
+    })
+    .await;
+    // Silent past the detect timeout (so the connection is not detected as HTTP), then a
+    // request for a denied path with a forged identity: closed, nothing reaches the app.
+    let mut s = TcpStream::connect(b.inbound).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _ = s
+        .write_all(b"GET /admin HTTP/1.1\r\nhost: b\r\nl5d-client-id: spiffe://td.example/ns/ops/sa/x\r\n\r\n")
+        .await;
+    let (text, _) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(text.is_empty(), "answered: {text:?}");
+    assert!(app.seen().is_empty(), "the bytes reached the app");
+    // HTTP on the same port is still held to the rules, and served where allowed.
+    assert_eq!(
+        http_status(b.inbound, &ids, Who::Plaintext, "/admin/x").await,
+        403
+    );
+    assert_eq!(
+        http_status(b.inbound, &ids, Who::Plaintext, "/x").await,
+        404
+    );
+}

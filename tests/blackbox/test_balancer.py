@@ -434,8 +434,8 @@ class AllDown(BalancerCase):
 
 class FileNamerEdits(BalancerCase):
     def test_edits_invalid_edit_and_removal(self) -> None:
-        # Both replicas take 20 ms, so with 4 clients the first one is busy (its Peak-EWMA cost
-        # above the 30 ms default of an unmeasured endpoint) and a new replica gets picked.
+        # Both replicas take 20 ms and 4 clients keep them busy; a new replica starts at the
+        # optimistic 1 ms default of an unmeasured endpoint, so it is tried at once.
         a = self.start_upstream("a", delay_s=0.02)
         b = self.start_upstream("b", delay_s=0.02)
         self.write_endpoints(a.addr)

@@ -258,19 +258,25 @@ where
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         let classify = Classify::for_request(req.headers());
-        {
+        let probe = {
             let mut s = lock(&self.state);
-            if s.health == Health::Probing {
+            let probe = s.health == Health::Probing;
+            if probe {
                 s.probe_in_flight = true;
             }
             s.in_flight = s.in_flight.saturating_add(1);
             if s.first_sent.is_none() {
                 s.first_sent = Some(tokio::time::Instant::now());
             }
-        }
+            probe
+        };
         let fut = self.inner.call(req);
         // Counts the request out however its future ends (answered, failed or dropped).
-        let guard = InFlight(self.state.clone());
+        let mut guard = InFlight {
+            state: self.state.clone(),
+            probe,
+            recorded: false,
+        };
         let state = self.state.clone();
         let failures = self.failures;
         Box::pin(async move {
@@ -280,6 +286,7 @@ where
                 Ok(r) => classify.head(r.status(), r.headers()) == Some(ResponseClass::Failure),
             };
             record(&state, failed, failures);
+            guard.recorded = true;
             drop(guard);
             res
         })
@@ -287,12 +294,24 @@ where
 }
 
 /// One request in flight; dropping it counts the request out.
-struct InFlight(Arc<Mutex<State>>);
+struct InFlight {
+    state: Arc<Mutex<State>>,
+    /// Whether the request is the probe of an endpoint whose backoff ended.
+    probe: bool,
+    /// Whether its outcome was recorded (it was answered or failed, not abandoned).
+    recorded: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.state);
         s.in_flight = s.in_flight.saturating_sub(1);
+        if self.probe && !self.recorded && s.health == Health::Probing {
+            // The probe was abandoned (the client left, a deadline fired): it proved
+            // nothing, so the endpoint goes back to its backoff — never stuck probing.
+            s.probe_in_flight = false;
+            s.health = Health::Ejected;
+        }
         // A cold endpoint whose one request went away (the client left) may take the next.
         if let Some(w) = s.waiter.take() {
             w.wake();

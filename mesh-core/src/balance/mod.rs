@@ -45,7 +45,10 @@ use crate::target::Endpoint;
 /// How a destination's balancer behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BalanceConfig {
-    /// The latency assumed of an endpoint before it has answered. Default: 30 ms.
+    /// The latency assumed of an endpoint before it has answered. Default: 1 ms: optimistic,
+    /// so a new endpoint is tried at once — one request, its warm-up — and then judged on its
+    /// measured latency. (A pessimistic default would leave a new endpoint unused under light
+    /// load, where the known endpoints' cost never rises above it.)
     pub default_rtt: Duration,
     /// How fast old latency samples fade. Default: 10 s.
     pub decay: Duration,
@@ -60,7 +63,7 @@ pub struct BalanceConfig {
 impl Default for BalanceConfig {
     fn default() -> Self {
         Self {
-            default_rtt: Duration::from_millis(30),
+            default_rtt: Duration::from_millis(1),
             decay: Duration::from_secs(10),
             accrual: AccrualConfig::default(),
             fail_fast: Duration::from_secs(3),

@@ -40,7 +40,7 @@ pub const AUTHZ_DECISIONS_TOTAL: &str = "mesh_authz_decisions_total";
 /// `mesh_tls_handshake_errors_total{direction}`: mesh TLS handshakes that failed.
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "mesh_tls_handshake_errors_total";
 /// `mesh_endpoints{direction,dst,state}`: a balanced destination's endpoints per state
-/// (`ready`, `ejected`, `probing`).
+/// (`ready`, `ejected`, `probing`, and `pending`: discovered, not yet taken in).
 pub const ENDPOINTS: &str = "mesh_endpoints";
 /// `mesh_resolver_updates_total{namer}`: endpoint sets a namer published.
 pub const RESOLVER_UPDATES_TOTAL: &str = "mesh_resolver_updates_total";

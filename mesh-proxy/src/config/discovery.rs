@@ -39,7 +39,8 @@ pub enum NamerConfig {
     /// keeps the last good set.
     Dns(DnsSettings),
     /// DNS SRV records: `/#/<name>/<srv name>` (e.g. `_http._tcp.hello.example`), ports and
-    /// weights from the records, targets resolved to addresses.
+    /// weights from the records (weights are shown, not yet used by the balancer), targets
+    /// resolved to addresses.
     DnsSrv(DnsSettings),
 }
 
@@ -91,7 +92,9 @@ impl DnsSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BalancerSettings {
-    /// The latency assumed of an endpoint before it has answered (Peak-EWMA). Default: 30ms.
+    /// The latency assumed of an endpoint before it has answered (Peak-EWMA). Default: 1ms —
+    /// optimistic, so every new endpoint is tried (its warm-up lets one request through until
+    /// it answers) and then judged on what it measured.
     #[serde(with = "humantime_serde")]
     pub default_rtt: Duration,
     /// How fast old latency samples fade (Peak-EWMA). Default: 10s.

@@ -96,7 +96,10 @@ pub struct InboundConfig {
     /// redirect). Default: none — such connections are refused with a log line.
     pub target: Option<SocketAddr>,
     /// Destination ports forwarded as opaque TCP without protocol detection: protocols
-    /// where the server speaks first would otherwise wait for the detect timeout.
+    /// where the server speaks first would otherwise wait for the detect timeout. With an
+    /// `[identity]`, inbound connections to these ports still have their first bytes read
+    /// for a mesh TLS ClientHello (mesh peers speak TLS there too), so a plaintext client of
+    /// a server-speaks-first protocol waits up to `limits.detect_timeout`.
     /// Default: [`default_opaque_ports`] (21, 22, 25, 110, 143, 587, 3306, 4444, 5432, 6379,
     /// 9300, 11211).
     pub opaque_ports: Vec<u16>,
