@@ -1,123 +1,28 @@
 //! Mesh TLS between sidecars (issue 14): sidecar A's outbound side → sidecar B's inbound side
-//! → the app, for HTTP/1.1, HTTP/2, gRPC and opaque TCP; the handshakes B must refuse; the
-//! authorization table; rotation while traffic flows.
+//! → the app, for HTTP/1.1, HTTP/2, gRPC and opaque TCP; the handshakes B must refuse;
+//! rotation while traffic flows. The authorization table is in `authz.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
+mod mesh_tls_support;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::Version;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use mesh_proxy::Proxy;
-use mesh_proxy::config::{Config, IdentityConfig, InboundMode, PeerId, PolicyConfig};
+use mesh_proxy::config::IdentityConfig;
 use mesh_test::app::App;
 use mesh_test::grpc::GreeterClient;
 use mesh_test::tls::Fragmenting;
 use mesh_tls::ca::Ca;
-use mesh_tls::creds::{Credentials, Expected, client_config, server_name};
-use rustls::crypto::CryptoProvider;
+use mesh_tls::creds::{Credentials, server_name};
+use mesh_tls_support::*;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const TD: &str = "td.example";
-const A: &str = "spiffe://td.example/ns/a/sa/client";
-const B: &str = "spiffe://td.example/ns/b/sa/server";
-const C: &str = "spiffe://td.example/ns/c/sa/other";
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A fresh directory for one test's identities.
-fn tmp(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("mesh-mtls-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn issue(ca: &Ca, id: &str, dir: &Path, lifetime: Duration) {
-    ca.issue(&id.parse().expect("id"), lifetime)
-        .expect("issue")
-        .write(dir)
-        .expect("write");
-}
-
-/// The identities of one test: A, B and C issued by one CA.
-struct Ids {
-    base: PathBuf,
-    ca: Ca,
-}
-
-impl Ids {
-    fn new(name: &str) -> Self {
-        let base = tmp(name);
-        let ca = Ca::new(TD, Duration::from_secs(3600)).expect("ca");
-        for (n, id) in [("a", A), ("b", B), ("c", C)] {
-            issue(&ca, id, &base.join(n), Duration::from_secs(3600));
-        }
-        Self { base, ca }
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        self.base.join(name)
-    }
-
-    fn creds(&self, name: &str) -> Credentials {
-        Credentials::load(&self.dir(name), &provider()).expect("credentials")
-    }
-}
-
-impl Drop for Ids {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
-
-async fn start(cfg: Config) -> TestProxy {
-    proxy_with(
-        Proxy::new(cfg)
-            .with_crypto_provider(provider())
-            .with_prometheus(prometheus()),
-    )
-    .await
-}
-
-/// Sidecar B: inbound to `app`, with identity `dir`.
-async fn sidecar_b(app: SocketAddr, dir: &Path, tune: impl FnOnce(&mut Config)) -> TestProxy {
-    let mut cfg = config(app);
-    cfg.identity = Some(IdentityConfig::new(dir));
-    tune(&mut cfg);
-    start(cfg).await
-}
-
-/// Sidecar A: outbound to `b`, with identity `dir`, expecting `peer` there.
-async fn sidecar_a(b: SocketAddr, dir: &Path, peer: Option<&str>) -> TestProxy {
-    let mut cfg = config(b);
-    cfg.identity = Some(IdentityConfig::new(dir));
-    cfg.outbound.peer_id = peer.map(|p| PeerId(p.parse().expect("id")));
-    start(cfg).await
-}
-
-fn strict(cfg: &mut Config) {
-    if let Some(id) = cfg.identity.as_mut() {
-        id.inbound_mode = InboundMode::Strict;
-    }
-}
-
-async fn text(res: http::Response<hyper::body::Incoming>) -> String {
-    String::from_utf8_lossy(&body_bytes(res.into_body()).await).into_owned()
-}
 
 #[tokio::test]
 async fn http1_http2_and_grpc_cross_two_sidecars_over_mtls() {
@@ -185,37 +90,6 @@ async fn http1_http2_and_grpc_cross_two_sidecars_over_mtls() {
     b.assert_no_panics();
 }
 
-/// A TCP server that echoes, counting the connections it accepted.
-async fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let conns = Arc::new(AtomicUsize::new(0));
-    let counter = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    (addr, conns)
-}
-
-/// Bytes no HTTP detector mistakes for a request.
-const OPAQUE: &[u8] = b"\x00\x01\x02opaque-bytes\x7f";
-
-async fn echo_through(addr: SocketAddr) -> Option<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(OPAQUE).await.expect("write");
-    let mut buf = vec![0u8; OPAQUE.len()];
-    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => Some(buf),
-        _ => None,
-    }
-}
-
 #[tokio::test]
 async fn opaque_tcp_crosses_two_sidecars_over_mtls() {
     let ids = Ids::new("opaque");
@@ -269,77 +143,6 @@ async fn a_wrong_or_foreign_server_identity_fails_with_502_and_nothing_reaches_t
     );
 
     assert!(app.seen().is_empty(), "nothing may reach the app");
-}
-
-/// A raw TLS client to B's inbound port with `config`, offering `alpn`.
-async fn tls_to(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(server_name(&B.parse().expect("id"))).expect("name");
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-}
-
-/// A mesh client config presenting `creds`, expecting B, offering HTTP/1.1.
-fn mesh_client(creds: &Credentials) -> Arc<rustls::ClientConfig> {
-    client_config(
-        creds,
-        &provider(),
-        Expected::Identity(B.parse().expect("id")),
-        vec![b"http/1.1".to_vec()],
-    )
-    .expect("client config")
-}
-
-/// A plain TLS client trusting `ca_dir`'s bundle, with no client certificate.
-fn no_cert_client(
-    ca_dir: &Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_dir.join("ca.pem")).expect("ca.pem") {
-        roots.add(c.expect("cert")).expect("root");
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(versions)
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// Sends `GET path` over an established stream, HTTP/1.1; the status, or `None` when the
-/// connection fails.
-async fn get_over<I>(io: I, path: &str) -> Option<(u16, String)>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "b.example")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let res = send.send_request(req).await.ok()?;
-    let status = res.status().as_u16();
-    let body = String::from_utf8_lossy(&body_bytes(res.into_body()).await).into_owned();
-    Some((status, body))
-}
-
-/// Whether a handshake (and a first request) with `config` gets through to an answer.
-async fn answered(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
-    match tls_to(addr, config).await {
-        Ok(tls) => get_over(tls, "/").await.is_some(),
-        Err(_) => false,
-    }
 }
 
 #[tokio::test]
@@ -522,130 +325,6 @@ async fn permissive_serves_plaintext_and_passes_other_tls_through() {
     );
 }
 
-/// Who connects, in the authorization table.
-#[derive(Clone, Copy, Debug)]
-enum Who {
-    Plaintext,
-    MeshA,
-    MeshC,
-}
-
-async fn http_status(b: SocketAddr, ids: &Ids, who: Who, path: &str) -> u16 {
-    let answer = match who {
-        Who::Plaintext => get_over(TcpStream::connect(b).await.expect("connect"), path).await,
-        Who::MeshA | Who::MeshC => {
-            let name = if matches!(who, Who::MeshA) { "a" } else { "c" };
-            let tls = tls_to(b, mesh_client(&ids.creds(name)))
-                .await
-                .expect("handshake");
-            get_over(tls, path).await
-        }
-    };
-    answer.expect("an answer").0
-}
-
-async fn tcp_allowed(b: SocketAddr, ids: &Ids, who: Who) -> bool {
-    let mut io: Box<dyn AsyncStream> = match who {
-        Who::Plaintext => Box::new(TcpStream::connect(b).await.expect("connect")),
-        Who::MeshA | Who::MeshC => {
-            let name = if matches!(who, Who::MeshA) { "a" } else { "c" };
-            let cfg = client_config(
-                &ids.creds(name),
-                &provider(),
-                Expected::Identity(B.parse().expect("id")),
-                Vec::new(),
-            )
-            .expect("config");
-            Box::new(tls_to(b, cfg).await.expect("handshake"))
-        }
-    };
-    io.write_all(OPAQUE).await.expect("write");
-    io.flush().await.expect("flush");
-    let mut buf = vec![0u8; OPAQUE.len()];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && buf == OPAQUE
-}
-
-trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
-
-#[tokio::test]
-async fn the_authorization_table() {
-    let ids = Ids::new("authz");
-    let app = App::spawn().await;
-    let (echo, conns) = echo_server().await;
-    let who = [Who::Plaintext, Who::MeshA, Who::MeshC];
-    // policy → allowed for [plaintext, A, C]
-    let table: [(&str, [bool; 3]); 4] = [
-        ("deny", [false, false, false]),
-        ("all-unauthenticated", [true, true, true]),
-        ("all-authenticated", [false, true, true]),
-        ("spiffe://td.example/ns/a/*", [false, true, false]),
-    ];
-    for (policy, want) in table {
-        let set = |cfg: &mut Config| {
-            cfg.inbound.policy = PolicyConfig(policy.parse().expect("policy"));
-        };
-        let http = sidecar_b(app.addr(), &ids.dir("b"), set).await;
-        let tcp = sidecar_b(echo, &ids.dir("b"), set).await;
-        for (w, allowed) in who.iter().zip(want) {
-            let status = http_status(http.inbound, &ids, *w, "/").await;
-            assert_eq!(
-                status,
-                if allowed { 200 } else { 403 },
-                "{policy} HTTP {w:?}"
-            );
-            let before = conns.load(Ordering::SeqCst);
-            let got = tcp_allowed(tcp.inbound, &ids, *w).await;
-            assert_eq!(got, allowed, "{policy} TCP {w:?}");
-            if !allowed {
-                assert_eq!(
-                    conns.load(Ordering::SeqCst),
-                    before,
-                    "{policy} TCP {w:?}: denied, yet the app was reached"
-                );
-            }
-        }
-        let metrics = scrape(http.admin).await;
-        let rule = format!("rule=\"default={policy}\"");
-        let denied = want.iter().filter(|a| !**a).count();
-        if denied > 0 {
-            let n = sample(
-                &metrics,
-                "mesh_authz_decisions_total",
-                &[&rule, "decision=\"deny\""],
-            )
-            .expect("deny decisions counted");
-            assert!(n >= denied as f64, "{policy}: {n}");
-        }
-    }
-
-    // Per path: /admin only for ns c; the rest for any mesh identity.
-    let b = sidecar_b(app.addr(), &ids.dir("b"), |cfg| {
-        cfg.inbound.policy = PolicyConfig("all-authenticated".parse().expect("p"));
-        cfg.inbound.paths.insert(
-            "/admin".into(),
-            PolicyConfig("spiffe://td.example/ns/c/*".parse().expect("p")),
-        );
-    })
-    .await;
-    assert_eq!(http_status(b.inbound, &ids, Who::MeshA, "/x").await, 404);
-    assert_eq!(
-        http_status(b.inbound, &ids, Who::MeshA, "/admin/x").await,
-        403
-    );
-    assert_eq!(
-        http_status(b.inbound, &ids, Who::MeshC, "/admin/x").await,
-        404
-    );
-    assert_eq!(
-        http_status(b.inbound, &ids, Who::Plaintext, "/x").await,
-        403
-    );
-}
-
 #[tokio::test]
 async fn certificates_rotate_under_load_without_a_failed_request() {
     let ids = Ids::new("rotation");
@@ -780,37 +459,5 @@ async fn a_peer_that_never_answers_the_handshake_fails_with_504_in_time() {
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "bounded by the connect timeout: {took:?}"
-    );
-}
-
-#[tokio::test]
-async fn bytes_that_are_not_http_cannot_dodge_path_rules() {
-    let ids = Ids::new("unparsed");
-    let app = App::spawn().await;
-    let b = sidecar_b(app.addr(), &ids.dir("b"), |cfg| {
-        cfg.limits.detect_timeout = Duration::from_millis(200);
-        cfg.inbound
-            .paths
-            .insert("/admin".into(), PolicyConfig("deny".parse().expect("p")));
-    })
-    .await;
-    // Silent past the detect timeout (so the connection is not detected as HTTP), then a
-    // request for a denied path with a forged identity: closed, nothing reaches the app.
-    let mut s = TcpStream::connect(b.inbound).await.expect("connect");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let _ = s
-        .write_all(b"GET /admin HTTP/1.1\r\nhost: b\r\nl5d-client-id: spiffe://td.example/ns/ops/sa/x\r\n\r\n")
-        .await;
-    let (text, _) = read_until_close(&mut s, Duration::from_secs(3)).await;
-    assert!(text.is_empty(), "answered: {text:?}");
-    assert!(app.seen().is_empty(), "the bytes reached the app");
-    // HTTP on the same port is still held to the rules, and served where allowed.
-    assert_eq!(
-        http_status(b.inbound, &ids, Who::Plaintext, "/admin/x").await,
-        403
-    );
-    assert_eq!(
-        http_status(b.inbound, &ids, Who::Plaintext, "/x").await,
-        404
     );
 }
