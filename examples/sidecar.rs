@@ -93,10 +93,14 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let proxy = Proxy::new(config)
+        let mut proxy = Proxy::new(config)
             .with_crypto_provider(mesh_examples::crypto_provider())
             .with_prometheus(telemetry.prometheus)
             .with_log_level(telemetry.log);
+        // Routers follow the file: a changed dtab is put in force without a restart.
+        if let Some(path) = &args.config {
+            proxy = proxy.with_config_file(path);
+        }
         let shutdown = proxy.shutdown_handle();
         let bound = proxy.bind().await?;
         tokio::spawn(async move {

@@ -117,6 +117,7 @@ pub mod classify;
 pub mod client;
 pub mod connect;
 pub mod detect;
+pub mod dtab;
 pub mod errors;
 pub mod framing;
 pub mod headers;

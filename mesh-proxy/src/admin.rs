@@ -154,6 +154,16 @@ async fn route(
             let body = crate::endpoints::json(&state.listeners);
             typed(StatusCode::OK, "application/json", format!("{body:#}\n"))
         }
+        ("/delegator.json", &Method::GET) => {
+            match crate::delegator::delegator(&state.listeners, req.uri().query()) {
+                Ok(body) => typed(StatusCode::OK, "application/json", format!("{body:#}\n")),
+                Err((status, message)) => text(status, message + "\n"),
+            }
+        }
+        ("/dtabs", &Method::GET) => {
+            let body = crate::delegator::dtabs(&state.listeners);
+            typed(StatusCode::OK, "application/json", format!("{body:#}\n"))
+        }
         ("/log-level", &Method::GET) => match &state.log {
             Some(l) => text(StatusCode::OK, l.current() + "\n"),
             None => text(StatusCode::NOT_FOUND, "log level control not installed\n"),
@@ -173,9 +183,11 @@ async fn route(
             state.shutdown.trigger();
             text(StatusCode::OK, "shutting down\n")
         }
-        ("/metrics" | "/ready" | "/live" | "/config.json" | "/endpoints.json", _) => {
-            not_allowed("GET")
-        }
+        (
+            "/metrics" | "/ready" | "/live" | "/config.json" | "/endpoints.json"
+            | "/delegator.json" | "/dtabs",
+            _,
+        ) => not_allowed("GET"),
         ("/log-level", _) => not_allowed("GET, PUT"),
         ("/shutdown", _) => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, format!("no admin endpoint {path}\n")),

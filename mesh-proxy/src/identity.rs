@@ -11,32 +11,21 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::hangup::Hangup;
 use mesh_core::metrics::IDENTITY_CERT_EXPIRY;
 use mesh_tls::creds::Credentials;
 use mesh_tls::store::{CredentialStore, Reload};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How often the identity directory is compared with the credentials in force.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Runs until the proxy stops: reloads on change and on SIGHUP, reports expiry.
 pub(crate) async fn watch(store: Arc<CredentialStore>) {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch for SIGHUP; identity files are still polled");
-            None
-        }
-    };
+    let mut hangup = Hangup::new("identity files are", POLL);
     let mut expiry = Expiry::new(&store.current());
     let mut last_error = String::new();
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            () = hup(&mut hangup) => true,
-        };
+        let forced = hangup.next().await;
         match store.reload(forced) {
             Ok(Reload::Unchanged) => {
                 if forced {
@@ -64,19 +53,6 @@ pub(crate) async fn watch(store: Arc<CredentialStore>) {
             }
         }
         expiry.check(&store.current());
-    }
-}
-
-/// Completes at the next SIGHUP; never, when it cannot be watched.
-async fn hup(hangup: &mut Option<Signal>) {
-    match hangup {
-        Some(s) => {
-            if s.recv().await.is_none() {
-                *hangup = None;
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
     }
 }
 

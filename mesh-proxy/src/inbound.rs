@@ -91,6 +91,7 @@ pub(crate) fn http_stack(
     conn: &Arc<ConnState>,
     ctx: &Arc<ConnCtx>,
     authz: Arc<PortAuthz>,
+    trusted: bool,
 ) -> impl Service<Request<RequestBody>, Response = StackResponse, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -99,7 +100,7 @@ pub(crate) fn http_stack(
     let app = targets.route_to(dst);
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
-        .layer(RecordHttpLayer::new(logical.http.clone()))
+        .layer(RecordHttpLayer::new(logical.http()))
         .layer(logical.respond.clone())
         .layer(RequestChecks::layer(conn.clone()))
         .layer(UpgradesLayer::new(ProxyTunnel::new(
@@ -109,6 +110,13 @@ pub(crate) fn http_stack(
         .layer(HopByHopLayer::new())
         // The port's policy per request; l5d-client-id from the verified peer only.
         .layer(Authorize::layer(authz, &logical.peer))
+        // Routing context (`l5d-ctx-dtab`) reaches the application only from trusted peers.
+        .map_request(move |mut req: Request<RequestBody>| {
+            if !trusted {
+                crate::router::strip_context(req.headers_mut());
+            }
+            req
+        })
         .layer(ResponseDeadline::layer(
             conn.clone(),
             dst,

@@ -27,7 +27,9 @@ pub mod config;
 mod conn;
 mod connect;
 mod deadline;
+mod delegator;
 mod endpoints;
+mod hangup;
 mod http;
 mod identity;
 mod inbound;
@@ -36,6 +38,8 @@ mod listener;
 mod outbound;
 mod ratelog;
 mod refuse;
+mod reload;
+mod router;
 mod stack;
 mod tcp;
 pub mod telemetry;
@@ -43,6 +47,7 @@ mod tunnel;
 
 pub use self::admin::LogLevel;
 pub use self::lifecycle::{BindError, BoundProxy, Proxy, Shutdown, StartError, signal};
+pub use self::reload::{Reloaded, Reloader};
 
 /// Which way traffic flows through a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! `Connection: close`), and after the grace period whatever remains is dropped.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +28,17 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::admin::{self, AdminState, LogLevel};
 use crate::authz::ListenerAuthz;
-use crate::config::{Config, EffectiveConfig, InboundPolicies, NamerConfig};
+use crate::config::{Config, EffectiveConfig, InboundPolicies, NamerConfig, TrustedSource};
 use crate::connect::Connect;
 use crate::http::ServerSettings;
 use crate::inbound::InboundTls;
 use crate::listener::{self, ListenerCtx};
 use crate::ratelog::LogLimit;
+use crate::reload::Reloader;
+use crate::router::Router;
 use crate::stack::Targets;
 use mesh_core::target::Name;
-use mesh_discovery::dns_namer::{DnsKind, DnsNamer};
+use mesh_discovery::dns_namer::{DnsConfig, DnsKind, DnsNamer};
 use mesh_discovery::file_namer::FileNamer;
 
 use crate::endpoints::Counted;
@@ -128,6 +131,7 @@ pub struct Proxy {
     prometheus: Option<PrometheusHandle>,
     log: Option<Arc<dyn LogLevel>>,
     provider: Option<Arc<CryptoProvider>>,
+    config_file: Option<PathBuf>,
     shutdown: Shutdown,
 }
 
@@ -147,8 +151,17 @@ impl Proxy {
             prometheus: None,
             log: None,
             provider: None,
+            config_file: None,
             shutdown: Shutdown::default(),
         }
+    }
+
+    /// Reloads the configuration from `path` when the file changes (checked every second)
+    /// and on SIGHUP, while the proxy runs: routers take a new dtab without dropping
+    /// connections, and a file that does not load leaves the configuration in force.
+    pub fn with_config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
     }
 
     /// The TLS crypto provider mesh TLS uses (required with an `[identity]`). The library
@@ -268,7 +281,9 @@ impl Proxy {
                         target: Option<Name>,
                         opaque_ports: &[u16],
                         local: SocketAddr,
-                        targets: Targets,
+                        targets: Arc<Targets>,
+                        router: Option<Arc<Router>>,
+                        trusted: Vec<TrustedSource>,
                         tls: Option<InboundTls>,
                         authz: Option<ListenerAuthz>| {
             Arc::new(ListenerCtx {
@@ -283,6 +298,8 @@ impl Proxy {
                 response_timeout: cfg.limits.response_timeout,
                 server: server.clone(),
                 targets,
+                router,
+                trusted,
                 conns: conns.clone(),
                 cap,
                 refusals: LogLimit::new(),
@@ -293,14 +310,27 @@ impl Proxy {
         let mut listeners = Vec::new();
         if let (Some((l, _)), Some(addr)) = (outbound, outbound_addr) {
             let o = &cfg.outbound;
-            let targets = Targets::new(
+            let targets = Arc::new(Targets::new(
                 Direction::Outbound,
                 outbound_connect,
                 client,
                 outbound_peer,
                 namers.clone(),
                 balance,
-            );
+            ));
+            let router = o
+                .router
+                .as_ref()
+                .and_then(|name| Some((name, cfg.routers.get(name)?)))
+                .map(|(name, config)| {
+                    Arc::new(Router::new(
+                        name,
+                        config,
+                        namers.clone(),
+                        inet_resolver(),
+                        targets.clone(),
+                    ))
+                });
             listeners.push((
                 l,
                 make_ctx(
@@ -309,6 +339,8 @@ impl Proxy {
                     &o.opaque_ports,
                     addr,
                     targets,
+                    router,
+                    Vec::new(),
                     None,
                     None,
                 ),
@@ -317,14 +349,14 @@ impl Proxy {
         if let (Some((l, _)), Some(addr)) = (inbound, inbound_addr) {
             let i = &cfg.inbound;
             // The hop to the local application is plaintext.
-            let targets = Targets::new(
+            let targets = Arc::new(Targets::new(
                 Direction::Inbound,
                 Connect::Plain(tcp),
                 client,
                 None,
                 Arc::new(Namers::new()),
                 balance,
-            );
+            ));
             let tls = identity
                 .as_ref()
                 .map(|(_, acceptor, mode)| InboundTls::new(acceptor.clone(), *mode));
@@ -337,6 +369,8 @@ impl Proxy {
                     &i.opaque_ports,
                     addr,
                     targets,
+                    None,
+                    i.trusted_sources.clone(),
                     tls,
                     Some(authz),
                 ),
@@ -344,6 +378,11 @@ impl Proxy {
         }
         tracing::info!(admin = %admin_addr, outbound = ?outbound_addr, inbound = ?inbound_addr, max_connections = cap, "listening");
         let grace = cfg.shutdown.grace;
+        let routers = listeners
+            .iter()
+            .filter_map(|(_, ctx)| ctx.router.clone())
+            .collect();
+        let reloader = Reloader::new(self.config.clone(), routers);
         let admin_listeners = listeners.iter().map(|(_, ctx)| ctx.clone()).collect();
         Ok(BoundProxy {
             admin: (admin, admin_addr),
@@ -354,6 +393,8 @@ impl Proxy {
             config: self.config.clone(),
             identity: identity.map(|(store, _, _)| store),
             file_namers,
+            reloader,
+            config_file: self.config_file,
             admin_state: AdminState {
                 listeners: admin_listeners,
                 config: self.config,
@@ -363,6 +404,20 @@ impl Proxy {
             },
             shutdown: self.shutdown,
         })
+    }
+}
+
+/// The resolver of host names in `/$/inet/<host>/<port>`: the system's DNS configuration.
+/// `None` (logged) when there is none; a host name in `/$/inet` is then a binding error,
+/// while literal addresses still bind.
+fn inet_resolver() -> Option<Arc<DnsNamer>> {
+    let name: NamerName = "inet".parse().ok()?;
+    match DnsNamer::new(name, DnsConfig::new(DnsKind::A)) {
+        Ok(namer) => Some(Arc::new(namer)),
+        Err(error) => {
+            tracing::warn!(%error, "no system DNS configuration: host names in /$/inet will not bind");
+            None
+        }
     }
 }
 
@@ -444,6 +499,8 @@ pub struct BoundProxy {
     identity: Option<Arc<CredentialStore>>,
     /// File namers, whose counters housekeeping exports.
     file_namers: Vec<Counted>,
+    reloader: Reloader,
+    config_file: Option<PathBuf>,
     admin_state: AdminState,
     shutdown: Shutdown,
 }
@@ -493,6 +550,12 @@ impl BoundProxy {
         self.config.current()
     }
 
+    /// Puts a new configuration in force in the running proxy (what a reload of the
+    /// configuration file does).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until shutdown is triggered, then drains for at most the grace period.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
@@ -514,6 +577,9 @@ impl BoundProxy {
         let rotation = self
             .identity
             .map(|store| tokio::spawn(crate::identity::watch(store)));
+        let reload = self
+            .config_file
+            .map(|path| tokio::spawn(crate::reload::watch(path, self.reloader)));
         let file_namers = self.file_namers;
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -522,6 +588,9 @@ impl BoundProxy {
                 tick.tick().await;
                 for ctx in &ctxs {
                     ctx.targets.sweep();
+                    if let Some(router) = &ctx.router {
+                        router.sweep();
+                    }
                 }
                 crate::endpoints::record(&ctxs);
                 crate::endpoints::record_namers(&file_namers);
@@ -551,6 +620,9 @@ impl BoundProxy {
             tracing::info!("all connections drained");
         }
         housekeeping.abort();
+        if let Some(r) = reload {
+            r.abort();
+        }
         if let Some(r) = rotation {
             r.abort();
         }

@@ -28,11 +28,13 @@ use tracing::Instrument;
 
 use crate::Direction;
 use crate::authz::ListenerAuthz;
+use crate::config::TrustedSource;
 use crate::config::{InboundMode, same_socket};
 use crate::conn::{ConnState, Expired, ServerIo, Watch};
 use crate::http::{ConnService, ServerSettings, StackResponse};
 use crate::inbound::InboundTls;
 use crate::ratelog::LogLimit;
+use crate::router::{Router, RouterStack};
 use crate::stack::{LogicalTarget, Peer, Targets};
 use crate::tunnel::ConnCtx;
 use crate::{inbound, outbound};
@@ -53,7 +55,12 @@ pub(crate) struct ListenerCtx {
     pub(crate) idle_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) server: ServerSettings,
-    pub(crate) targets: Targets,
+    pub(crate) targets: Arc<Targets>,
+    /// Outbound with `router = "…"`: names and routes each HTTP request by the dtab.
+    pub(crate) router: Option<Arc<Router>>,
+    /// Who may pass routing context (`l5d-ctx-dtab`) through this listener; from anyone
+    /// else it is removed (inbound; outbound, the router decides).
+    pub(crate) trusted: Vec<TrustedSource>,
     pub(crate) conns: Arc<Semaphore>,
     /// The connection cap `conns` started with.
     pub(crate) cap: usize,
@@ -136,6 +143,7 @@ fn resolve_target(stream: &TcpStream, ctx: &ListenerCtx) -> Result<Name, &'stati
     let target = orig
         .map(Name::Addr)
         .or_else(|| ctx.target.clone())
+        .or_else(|| ctx.router.as_ref().map(|r| Name::Path(r.placeholder())))
         .ok_or("no original destination and no target configured")?;
     if let Name::Addr(addr) = target
         && (Some(addr) == local || ctx.own_addrs.iter().any(|own| same_socket(addr, *own)))
@@ -393,13 +401,30 @@ async fn serve_detected<I>(
     match (ctx.direction, &ctx.authz) {
         (Direction::Inbound, Some(authz)) => {
             let authz = authz.port(port_of(dst)).clone();
-            let stack = inbound::http_stack(targets, target, dst, state, conn, authz);
+            let mesh_peer = target.peer.identity().is_some();
+            let trusted = ctx
+                .trusted
+                .iter()
+                .any(|t| t.admits(accepted.client.ip(), mesh_peer));
+            let stack = inbound::http_stack(targets, target, dst, state, conn, authz, trusted);
             serve_http(io, h2, stack, ctx, state, drain).await;
         }
-        _ => {
-            let stack = outbound::http_stack(targets, target, dst, state, conn);
-            serve_http(io, h2, stack, ctx, state, drain).await;
-        }
+        _ => match &ctx.router {
+            Some(router) => {
+                let stack = RouterStack::new(
+                    router.clone(),
+                    accepted.client,
+                    accepted.target.peer.identity().is_some(),
+                    state.clone(),
+                    conn.clone(),
+                );
+                serve_http(io, h2, stack, ctx, state, drain).await;
+            }
+            None => {
+                let stack = outbound::http_stack(targets, target, dst, state, conn);
+                serve_http(io, h2, stack, ctx, state, drain).await;
+            }
+        },
     }
 }
 
@@ -470,6 +495,12 @@ where
             port.log_denied(peer, &decision, "tcp connection");
             return;
         }
+    }
+    if let (Some(router), Name::Path(p)) = (&ctx.router, dst)
+        && *p == router.placeholder()
+    {
+        tracing::info!(direction = ctx.direction.as_str(), peer = %accepted.client, router = router.name(), "connection closed: not HTTP, and a router listener without a target has nowhere to forward other bytes");
+        return;
     }
     let endpoint = match ctx.targets.opaque_endpoint(dst).await {
         Ok(e) => e,

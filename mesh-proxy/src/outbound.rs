@@ -45,7 +45,7 @@ pub(crate) fn http_stack(
     let dst = logical.logical.text().clone();
     ServiceBuilder::new()
         // Golden metrics, counted when each response ends (gRPC trailers decide).
-        .layer(RecordHttpLayer::new(logical.http.clone()))
+        .layer(RecordHttpLayer::new(logical.http()))
         // The one classifier: every error below becomes its response here.
         .layer(logical.respond.clone())
         // Ambiguous framing and a missing or conflicting Host: 400, close.

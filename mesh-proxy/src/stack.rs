@@ -138,10 +138,26 @@ impl Peer {
 pub(crate) struct LogicalTarget {
     pub(crate) logical: Logical,
     pub(crate) peer: Peer,
-    pub(crate) http: Arc<HttpMetrics>,
+    /// Made on first use: a connection-level destination whose requests are each routed
+    /// elsewhere (a router listener's `/router/NAME`) never exports an HTTP series of zeros.
+    http: std::sync::OnceLock<Arc<HttpMetrics>>,
+    /// The labels `http` is made with.
+    labels: (&'static str, Arc<str>, Vec<(&'static str, String)>),
     pub(crate) tcp: TcpMetrics,
     /// Answers failures with the one classifier; shares one log limit per destination.
     pub(crate) respond: RespondLayer,
+}
+
+impl LogicalTarget {
+    /// The destination's HTTP metrics.
+    pub(crate) fn http(&self) -> Arc<HttpMetrics> {
+        self.http
+            .get_or_init(|| {
+                let (dir, dst, labels) = &self.labels;
+                Arc::new(HttpMetrics::with_labels(dir, dst.to_string(), labels))
+            })
+            .clone()
+    }
 }
 
 /// The per-target caches of one listener.
@@ -245,8 +261,9 @@ impl Targets {
             Arc::new(LogicalTarget {
                 logical: l.clone(),
                 peer: peer.clone(),
-                http: Arc::new(HttpMetrics::with_labels(dir, dst.clone(), &labels)),
-                tcp: TcpMetrics::with_labels(dir, dst, &labels),
+                http: std::sync::OnceLock::new(),
+                tcp: TcpMetrics::with_labels(dir, dst.clone(), &labels),
+                labels: (dir, dst.into(), labels),
                 respond: RespondLayer::new(l.text().clone()),
             })
         })
@@ -286,26 +303,54 @@ impl Targets {
         }
     }
 
+    /// The balancer over a name a dtab bound (`id`, resolving through `resolution`), cached
+    /// as the concrete destination `id`.
+    pub(crate) fn balanced(
+        &self,
+        id: &Arc<str>,
+        resolution: watch::Receiver<Resolution>,
+    ) -> ConcreteStack {
+        let concrete = Concrete::new(Name::Path(id.clone()));
+        self.concrete(&concrete, |_| self.balance(id.clone(), resolution))
+    }
+
+    /// Keeps a bound name's concrete stack cached (a live route uses it).
+    pub(crate) fn touch(&self, bound: &crate::router::BoundName) {
+        match &bound.target {
+            crate::router::BoundTarget::Addr(addr) => {
+                self.route_to(&Name::Addr(*addr));
+            }
+            crate::router::BoundTarget::Resolved(_) => {
+                let _ = self
+                    .concretes
+                    .get(&Concrete::new(Name::Path(bound.id.clone())));
+            }
+        }
+    }
+
     /// A balancer over the endpoints `path` binds to. Each endpoint gets its own HTTP client
     /// (not shared through the endpoint cache): when the endpoint leaves discovery, the
     /// balancer drops it and its connections with it.
     fn balance_over(&self, path: &Arc<str>) -> ConcreteStack {
         match self.namers.bind_path(path) {
-            Ok(bound) => {
-                let (connect, client) = (self.connect.clone(), self.client);
-                let balancer = Balancer::new(
-                    path.clone(),
-                    bound.resolution.clone(),
-                    move |e: &Endpoint| HttpEndpoint::new(e.clone(), connect.clone(), client),
-                    &self.balance,
-                );
-                ConcreteStack::Balance(balancer, bound.resolution)
-            }
+            Ok(bound) => self.balance(path.clone(), bound.resolution),
             Err(error) => {
                 tracing::warn!(%path, %error, "cannot bind");
                 ConcreteStack::Unbound(Arc::new(error))
             }
         }
+    }
+
+    /// A balancer named `name` over `resolution`'s endpoints.
+    fn balance(&self, name: Arc<str>, resolution: watch::Receiver<Resolution>) -> ConcreteStack {
+        let (connect, client) = (self.connect.clone(), self.client);
+        let balancer = Balancer::new(
+            name,
+            resolution.clone(),
+            move |e: &Endpoint| HttpEndpoint::new(e.clone(), connect.clone(), client),
+            &self.balance,
+        );
+        ConcreteStack::Balance(balancer, resolution)
     }
 
     /// Every balanced destination of this listener, for `/endpoints.json` and the

@@ -55,6 +55,8 @@ pub struct App {
     seen_count: Arc<watch::Sender<usize>>,
     /// Whether `/hold` requests may answer.
     released: Arc<watch::Sender<bool>>,
+    /// What `/` says it is: `hello from <name>`.
+    name: Arc<str>,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,12 @@ impl App {
 
     /// Serves the application on `listener` in a background task.
     pub fn serve(listener: TcpListener) -> App {
+        App::serve_named(listener, "mesh")
+    }
+
+    /// Serves the application on `listener`, answering `/` with `hello from <name>` (so a
+    /// demo or test can tell several apps apart).
+    pub fn serve_named(listener: TcpListener, name: &str) -> App {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -90,6 +98,7 @@ impl App {
             stats: Arc::default(),
             seen_count: Arc::new(watch::Sender::new(0)),
             released: Arc::new(watch::Sender::new(false)),
+            name: name.into(),
         };
         let a = app.clone();
         tokio::spawn(async move {
@@ -201,7 +210,7 @@ impl App {
         }
         let path = req.uri().path().to_owned();
         match path.as_str() {
-            "/" => text(StatusCode::OK, "hello from mesh\n"),
+            "/" => text(StatusCode::OK, format!("hello from {}\n", self.name)),
             "/headers" => {
                 // What arrived: the version, then every header (e.g. l5d-client-id).
                 let mut out = format!("version: {:?}\n", req.version());

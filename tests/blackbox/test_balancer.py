@@ -68,6 +68,7 @@ class Upstream:
         self.status = 200
         self.lock = threading.Lock()
         self.answered: dict[int, int] = {}  # status -> how many
+        self.heads: list[bytes] = []  # every request head received (request line and headers)
         self._conns: set[socket.socket] = set()
         self._closed = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -103,6 +104,8 @@ class Upstream:
                         return
                     pending += chunk
                 head, pending = pending.split(b"\r\n\r\n", 1)
+                with self.lock:
+                    self.heads.append(head)
                 length = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head.lower())
                 body_left = int(length.group(1)) if length else 0
                 while len(pending) < body_left:

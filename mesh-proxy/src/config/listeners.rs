@@ -59,6 +59,10 @@ pub struct OutboundConfig {
     /// The SPIFFE ID `target` must present over mesh TLS. Default: none — any identity of
     /// the trust domain.
     pub peer_id: Option<PeerId>,
+    /// The `[routers.<name>]` that names and routes each HTTP request. Default: none —
+    /// requests go to the connection's destination (`target`). With a router, `target` is
+    /// used only for connections that are not HTTP.
+    pub router: Option<String>,
 }
 
 impl Default for OutboundConfig {
@@ -70,6 +74,7 @@ impl Default for OutboundConfig {
             opaque_ports: default_opaque_ports(),
             mtls: true,
             peer_id: None,
+            router: None,
         }
     }
 }
@@ -115,6 +120,10 @@ pub struct InboundConfig {
     /// Per destination port (`[inbound.ports.8080]`): `policy` and `paths` for that port,
     /// each defaulting to the section's. Default: none.
     pub ports: BTreeMap<String, PortPolicyConfig>,
+    /// Who may pass routing context (`l5d-ctx-dtab`, `l5d-dtab`) on to the application:
+    /// `"loopback"`, `"mesh"` (verified mesh peers) or address ranges. Default:
+    /// `["loopback", "mesh"]`; from anyone else both headers are removed.
+    pub trusted_sources: Vec<super::routers::TrustedSource>,
 }
 
 impl Default for InboundConfig {
@@ -127,6 +136,7 @@ impl Default for InboundConfig {
             policy: PolicyConfig::default(),
             paths: BTreeMap::new(),
             ports: BTreeMap::new(),
+            trusted_sources: super::routers::default_trusted(),
         }
     }
 }

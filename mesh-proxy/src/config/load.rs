@@ -176,7 +176,27 @@ impl Config {
         self.inbound.check()?;
         self.check_listeners()?;
         self.check_identity()?;
-        self.check_namers()
+        self.check_namers()?;
+        self.check_routers()
+    }
+
+    /// Each router, and the router `[outbound]` names.
+    fn check_routers(&self) -> Result<(), Invalid> {
+        for (name, router) in &self.routers {
+            router
+                .check()
+                .map_err(|reason| ("routers", format!("\"{name}\""), reason))?;
+        }
+        if let Some(name) = &self.outbound.router
+            && !self.routers.contains_key(name)
+        {
+            return Err((
+                "outbound.router",
+                format!("\"{name}\""),
+                format!("no [routers.{name}] section"),
+            ));
+        }
+        Ok(())
     }
 
     /// Namer names, and the namer a bound outbound target names.

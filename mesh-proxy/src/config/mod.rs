@@ -33,13 +33,10 @@
 //! (and the routers to come); `[balancer]` ([`BalancerSettings`]) tunes the balancer over a
 //! bound name's endpoints.
 //!
-//! The sections still to come each arrive as one new field of [`Config`] (which is
-//! `#[non_exhaustive]`, so adding one breaks no caller), its own type, and one line in the
-//! per-section check:
-//!
-//! - `[routers.<name>]` — `routers: BTreeMap<String, RouterConfig>` (identifier, dtab, and
-//!   per-service settings nested under `[routers.<name>.service."<path>"]`); `[outbound]`
-//!   gains `router = "<name>"`, checked across sections to name a configured router.
+//! `[routers.<name>]` ([`RouterConfig`]) name each outbound request (the identifier) and
+//! rewrite the name with a dtab; `[outbound] router = "<name>"` selects one. A section still
+//! to come arrives as one new field of [`Config`] (which is `#[non_exhaustive]`, so adding one
+//! breaks no caller), its own type, and one line in the per-section check.
 //!
 //! # The effective configuration
 //!
@@ -53,6 +50,7 @@ mod discovery;
 mod identity;
 mod listeners;
 mod load;
+mod routers;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -71,6 +69,10 @@ pub use self::listeners::{
 };
 pub(crate) use self::load::same_socket;
 pub use self::load::{ConfigError, check_file};
+pub use self::routers::{
+    HeaderNameText, IdentifierConfig, PathText, RouterConfig, RouterDtab, TrustedSource,
+    default_trusted,
+};
 
 /// The whole configuration of one proxy process.
 ///
@@ -98,6 +100,8 @@ pub struct Config {
     pub namers: std::collections::BTreeMap<String, NamerConfig>,
     /// How requests are spread over a bound name's endpoints.
     pub balancer: BalancerSettings,
+    /// Routers, by name (`[outbound] router = "<name>"` selects one).
+    pub routers: std::collections::BTreeMap<String, RouterConfig>,
 }
 
 /// The configuration in force, shared by a proxy and its admin server.
@@ -118,8 +122,7 @@ impl EffectiveConfig {
         self.0.load_full()
     }
 
-    /// Replaces the configuration in force, as a reload will (tests only until reload lands).
-    #[cfg(test)]
+    /// Replaces the configuration in force (a reload).
     pub(crate) fn replace(&self, config: Config) {
         self.0.store(Arc::new(config));
     }

@@ -188,6 +188,24 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
     }
 }
 
+/// A fresh, empty directory under the system's temporary directory, unique to this process
+/// and call (`what` names it for whoever finds it left behind).
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mesh-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// Writes `dir/name` atomically (a rename), as a deployment tool would.
+pub fn write_atomic(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
 /// A config with every listener on `127.0.0.1:0`, both directions targeting `target`.
 pub fn config(target: SocketAddr) -> Config {
     let mut cfg = Config::default();
