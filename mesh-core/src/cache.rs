@@ -145,6 +145,21 @@ where
         slots.len()
     }
 
+    /// Forgets every target whose key fails `keep`, idle or not (e.g. routes bound under a
+    /// configuration that was replaced); returns how many remain. Callers holding a removed
+    /// service keep using it.
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) -> usize {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|k, _| keep(k));
+        slots.len()
+    }
+
+    /// Forgets the target for `key`, if cached.
+    pub fn remove(&self, key: &K) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(key);
+    }
+
     /// How many targets the cache holds.
     pub fn len(&self) -> usize {
         self.inner

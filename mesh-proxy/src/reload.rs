@@ -25,6 +25,9 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct Reloader {
     config: EffectiveConfig,
     routers: Vec<Arc<Router>>,
+    /// One reload at a time: two racing would interleave their routers' stores and the
+    /// configuration's, leaving a mix of both in force.
+    lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// What a reload did.
@@ -39,7 +42,11 @@ pub struct Reloaded {
 
 impl Reloader {
     pub(crate) fn new(config: EffectiveConfig, routers: Vec<Arc<Router>>) -> Self {
-        Self { config, routers }
+        Self {
+            config,
+            routers,
+            lock: Arc::default(),
+        }
     }
 
     /// Applies `new` (already loaded and validated) to the running proxy; sections that
@@ -51,11 +58,14 @@ impl Reloader {
     /// Applies `new`'s routers; `before` is what the sections needing a restart are compared
     /// with.
     fn apply(&self, new: &Config, before: &Config) -> Reloaded {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.config.current();
+        let mut applied = (*current).clone();
         let mut changed = Vec::new();
         for router in &self.routers {
             match new.routers.get(router.name()) {
                 Some(rc) => {
+                    applied.routers.insert(router.name().to_owned(), rc.clone());
                     if router.reload(rc) {
                         tracing::info!(router = router.name(), dtab = %rc.dtab.0, "router reloaded");
                         changed.push(router.name().to_owned());
@@ -72,8 +82,7 @@ impl Reloader {
         if !needs_restart.is_empty() {
             tracing::warn!(sections = ?needs_restart, "configuration changes that need a restart were not applied");
         }
-        let mut applied = (*current).clone();
-        applied.routers = new.routers.clone();
+        // Only the routers that run take a new section: /config.json shows what is in force.
         self.config.replace(applied);
         Reloaded {
             routers: changed,

@@ -359,3 +359,70 @@ async fn admin_get(admin: SocketAddr, path: &str) -> String {
         .expect("admin response");
     String::from_utf8(body_bytes(res.into_body()).await.to_vec()).expect("utf-8")
 }
+
+#[tokio::test]
+async fn nested_union_weights_do_not_multiply() {
+    let mesh = Mesh::new("nested").await;
+    // Each leaf takes the weight of its innermost union: v1 1, v2 3, hello 1 (20/60/20), not
+    // the 12.5/37.5/50 a two-level pick would give.
+    let dtab = "/svc => /#/fs; /svc/world => (1 * /svc/world-v1 & 3 * /svc/world-v2) & /svc/hello";
+    let p = proxy(mesh.config(dtab, "")).await;
+    let mut c = h1(p.outbound).await;
+    for _ in 0..1000 {
+        assert_eq!(send(&mut c, "world", &[]).await.0, 200);
+    }
+    let (hello, v1, v2) = mesh.counts();
+    assert!((160..=240).contains(&v1), "v1 {v1}, v2 {v2}, hello {hello}");
+    assert!((560..=640).contains(&v2), "v1 {v1}, v2 {v2}, hello {hello}");
+    assert!((160..=240).contains(&hello), "v1 {v1}, v2 {v2}, hello {hello}");
+}
+
+#[tokio::test]
+async fn inet_binds_literal_addresses_and_a_bare_port_is_localhost() {
+    let mesh = Mesh::new("inet").await;
+    let (v1, v2) = (mesh.v1.addr(), mesh.v2.addr());
+    let dtab = format!(
+        "/svc/one => /$/inet/{}/{}; /svc/two => /$/inet/{}; /svc/bad => /$/inet/127.0.0.1/http",
+        v1.ip(),
+        v1.port(),
+        v2.port()
+    );
+    let p = proxy(mesh.config(&dtab, "")).await;
+    let mut c = h1(p.outbound).await;
+    assert_eq!(send(&mut c, "one", &[]).await.0, 200);
+    assert_eq!(send(&mut c, "two", &[]).await.0, 200);
+    assert_eq!(mesh.counts(), (0, 1, 1));
+    // A non-numeric port is a binding error, not a negative name.
+    let (status, err) = send(&mut c, "bad", &[]).await;
+    assert_eq!(status, 502, "{err}");
+}
+
+#[tokio::test]
+async fn inbound_passes_routing_context_only_from_trusted_peers() {
+    let app = App::spawn().await;
+    let ctx = ("l5d-ctx-dtab", "/svc/world=>/svc/world-v2");
+    for (trusted, expect) in [("[\"loopback\"]", true), ("[\"mesh\"]", false)] {
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[outbound]\nenabled = false\n[inbound]\nlisten = \"127.0.0.1:0\"\ntarget = \"{}\"\ntrusted_sources = {trusted}\n",
+            app.addr()
+        );
+        let cfg = Config::from_toml("inbound.toml", &text).expect("config");
+        let panics = PanicCheck::new();
+        let bound = mesh_proxy::Proxy::new(cfg).bind().await.expect("bind");
+        let inbound = bound.inbound_addr().expect("inbound");
+        let task = tokio::spawn(bound.run());
+        let mut c = h1(inbound).await;
+        assert_eq!(send(&mut c, "app", &[ctx, ("l5d-dtab", "/a=>/b")]).await.0, 200);
+        let seen = app.seen().pop().expect("app saw it");
+        assert_eq!(
+            seen.headers.get("l5d-ctx-dtab").is_some(),
+            expect,
+            "trusted_sources = {trusted}"
+        );
+        if !expect {
+            assert!(seen.headers.get("l5d-dtab").is_none());
+        }
+        task.abort();
+        panics.assert_no_panics();
+    }
+}

@@ -201,6 +201,9 @@ impl<B: Binder> Run<'_, B> {
         let mut matches = dtab.lookup_matches(&path);
         let node = match matches.len() {
             0 => self.builtin(&path),
+            // Finagle's lookup returns the one match's tree itself: a dentry rewriting to `~`
+            // is a negative lookup, which the namers are then asked about.
+            1 if matches.first().is_some_and(|(_, t)| *t == NameTree::Neg) => self.builtin(&path),
             1 => {
                 let (d, tree) = matches.remove(0);
                 Node::Delegate(Box::new(self.rewritten(d, tree, &path, depth + 1)))
@@ -339,7 +342,9 @@ impl<B: Clone> Explanation<B> {
         Ok(self.bound()?.simplified())
     }
 
-    fn find_too_large(&self) -> Option<&BindError> {
+    /// The [`BindError::TooLarge`] that cut this binding short, if any: a binding that ran
+    /// out of steps is unusable as a whole, even where the cut branch sits in a union.
+    pub fn find_too_large(&self) -> Option<&BindError> {
         match &self.node {
             Node::Error(e @ BindError::TooLarge { .. }) => Some(e),
             Node::Delegate(c) => c.find_too_large(),

@@ -103,6 +103,8 @@ impl Binder for ProxyBinder {
     }
 
     fn bind_inet(&self, host: &str, port: u16, _residual: &Path) -> Result<BoundName, BindError> {
+        // `/$/inet/<port>`: no host is the local host, as in Finagle.
+        let host = if host.is_empty() { "127.0.0.1" } else { host };
         let id: Arc<str> = format!("/$/inet/{host}/{port}").into();
         let host_ip = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host_ip.parse::<IpAddr>() {

@@ -60,11 +60,9 @@ impl Identifier {
                 };
                 let method = req.method().as_str().to_owned();
                 let mut labels = vec![version.to_owned(), method];
-                match host(req, false) {
-                    Ok(h) => labels.push(h),
-                    // As Linkerd 1: HTTP/1.0 may name a service by method alone.
-                    Err(_) if version == "1.0" => {}
-                    Err(e) => return Err(e),
+                // As Linkerd 1: HTTP/1.0 names a service by method alone.
+                if version != "1.0" {
+                    labels.push(host(req, false)?);
                 }
                 Ok(prefix.0.concat(&Path::from_labels(&labels)))
             }

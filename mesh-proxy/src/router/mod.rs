@@ -23,7 +23,7 @@ mod tree;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use http::{Request, StatusCode};
@@ -45,6 +45,12 @@ use crate::stack::{ConcreteStack, LogicalTarget, MAX_TARGETS, Peer, TARGET_IDLE,
 
 /// The `dst` label of requests whose name binds to nothing: bounded, whatever clients send.
 const UNKNOWN: &str = "unknown";
+
+/// The most logical names one router labels metrics with (see [`Router::logical_for`]).
+const MAX_DST_LABELS: usize = 1000;
+
+/// How long a route whose binding failed is kept before the next request binds it again.
+const ERROR_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A router's settings in force; replaced whole by a reload.
 #[derive(Debug)]
@@ -74,6 +80,8 @@ pub(crate) struct Route {
     /// clients sending arbitrary hosts cannot grow the metrics without bound.
     logical: std::sync::OnceLock<Arc<LogicalTarget>>,
     tree: RouteTree,
+    /// When it was bound (a route with a binding error is bound again after [`ERROR_RETRY`]).
+    built: std::time::Instant,
 }
 
 /// One configured router, as a listener runs it.
@@ -88,6 +96,8 @@ pub(crate) struct Router {
     routes: Cache<RouteKey, Arc<Route>>,
     /// The logical target of requests that could not be named or bound.
     unknown: Arc<LogicalTarget>,
+    /// How many names have a `dst` label of their own.
+    labels: AtomicUsize,
 }
 
 impl Router {
@@ -111,6 +121,7 @@ impl Router {
             targets,
             routes: Cache::new(max, TARGET_IDLE),
             unknown,
+            labels: AtomicUsize::new(0),
         }
     }
 
@@ -142,6 +153,8 @@ impl Router {
             && new.no_route == current.no_route;
         if !unchanged {
             self.settings.store(Arc::new(new));
+            // Routes bound under the old settings are never looked up again: free their room.
+            self.routes.retain(|k| k.generation == generation);
         }
         !unchanged
     }
@@ -179,14 +192,13 @@ impl Router {
         let route = self
             .routes
             .get_or_build(&key, |key| Arc::new(self.bind(&settings.dtab, key)));
+        if route.tree.has_error() && route.built.elapsed() >= ERROR_RETRY {
+            // A namer that failed may have recovered: this request binds again.
+            self.routes.remove(&key);
+        }
         let picked = match route.tree.pick() {
             Pick::Leaf(leaf) => {
-                let logical = route.logical.get_or_init(|| {
-                    self.targets.logical(
-                        &Logical::new(Name::Path(route.name.to_string().into())),
-                        &Peer::Local,
-                    )
-                });
+                let logical = route.logical.get_or_init(|| self.logical_for(&route.name));
                 return (logical.clone(), Ok(leaf.concrete.clone()));
             }
             Pick::Neg(empty) if !empty.is_empty() => {
@@ -217,6 +229,20 @@ impl Router {
         (self.unknown.clone(), picked)
     }
 
+    /// The logical target (metrics label `dst`) of a name that reached an endpoint: its own,
+    /// for the first [`MAX_DST_LABELS`] such names; `unknown` after that, so names made of
+    /// request data (path segments, header values) cannot grow the label set without bound.
+    fn logical_for(&self, name: &Path) -> Arc<LogicalTarget> {
+        if self.labels.fetch_add(1, Ordering::Relaxed) >= MAX_DST_LABELS {
+            self.labels.store(MAX_DST_LABELS, Ordering::Relaxed);
+            return self.unknown.clone();
+        }
+        self.targets.logical(
+            &Logical::new(Name::Path(name.to_string().into())),
+            &Peer::Local,
+        )
+    }
+
     /// Binds a logical name through the router's dtab extended by the request's.
     fn bind(&self, dtab: &Dtab, key: &RouteKey) -> Route {
         let full = if key.local.is_empty() {
@@ -225,12 +251,18 @@ impl Router {
             dtab.concat(&key.local)
         };
         let explanation = delegate(&full, &key.name, &self.binder);
-        let tree = RouteTree::from_explanation(&explanation, &mut |bound| self.concrete(bound));
+        let tree = match explanation.find_too_large() {
+            // A binding cut short is unusable as a whole, even where the cut branch sits in a
+            // union (the other branches would silently take all its traffic).
+            Some(e) => RouteTree::Error(Arc::new(e.clone())),
+            None => RouteTree::from_explanation(&explanation, &mut |bound| self.concrete(bound)),
+        };
         tracing::debug!(router = %self.name, name = %key.name, local = %key.local, "bound");
         Route {
             name: key.name.clone(),
             logical: std::sync::OnceLock::new(),
             tree,
+            built: std::time::Instant::now(),
         }
     }
 

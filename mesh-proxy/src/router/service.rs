@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use mesh_core::BoxError;
@@ -75,7 +75,7 @@ impl Service<Request<RequestBody>> for RouterStack {
         let trusted = self.router.trusts(self.client, self.mesh_peer);
         let (logical, concrete) = self.router.route(&mut req, trusted);
         let dst = logical.logical.text().clone();
-        let stack = ServiceBuilder::new()
+        let mut stack = ServiceBuilder::new()
             .layer(RecordHttpLayer::new(logical.http()))
             .layer(logical.respond.clone())
             .layer(RequestChecks::layer(self.conn.clone()))
@@ -90,7 +90,14 @@ impl Service<Request<RequestBody>> for RouterStack {
                 self.ctx.response_timeout,
             ))
             .service(Routed(concrete.map_err(Some)));
-        Box::pin(stack.oneshot(req))
+        // Every stage is ready at once (see `http.rs`), so the request is called in place and
+        // only its response future is boxed — not the stack with it, which a `Oneshot` would
+        // move into the allocation too.
+        match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(stack.call(req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Box::pin(stack.oneshot(req)),
+        }
     }
 }
 

@@ -112,62 +112,107 @@ impl RouteTree {
     }
 
     /// Chooses where one request goes, as things are now: an alternation takes its first
-    /// branch that has endpoints; a union picks among its branches that have endpoints, by
-    /// weight.
+    /// branch that has endpoints; a union picks one of the leaves it reaches, at random by
+    /// weight — each leaf weighted by its innermost union (DESIGN.md §4: nested weights do not
+    /// multiply), among the leaves that have endpoints.
     pub(crate) fn pick(&self) -> Pick<'_> {
-        match self {
-            RouteTree::Leaf(leaf) => match leaf.unavailable() {
+        if let RouteTree::Leaf(leaf) = self {
+            // The common case, without collecting candidates.
+            return match leaf.unavailable() {
                 None => Pick::Leaf(leaf),
                 Some(why) => Pick::Neg(vec![why]),
-            },
-            RouteTree::Alt(branches) => {
-                let mut empty = Vec::new();
-                for b in branches {
-                    match b.pick() {
-                        Pick::Neg(names) => empty.extend(names),
-                        p => return p,
-                    }
-                }
-                Pick::Neg(empty)
-            }
-            RouteTree::Union(branches) => {
-                let mut picks = Vec::with_capacity(branches.len());
-                let mut empty = Vec::new();
-                let mut total = 0.0;
-                let mut other = None;
-                for (w, b) in branches {
-                    match b.pick() {
-                        Pick::Leaf(l) if *w > 0.0 => {
-                            total += w;
-                            picks.push((*w, l));
-                        }
-                        Pick::Leaf(l) => empty.push(format!("{} has weight 0", l.name.id)),
-                        Pick::Neg(names) => empty.extend(names),
-                        p => {
-                            other.get_or_insert(p);
-                        }
-                    }
-                }
-                if picks.is_empty() {
-                    return other.unwrap_or(Pick::Neg(empty));
+            };
+        }
+        match self.reach(1.0) {
+            Reach::Leaves(leaves) => {
+                let total: f64 = leaves.iter().map(|(w, _)| *w).sum();
+                if total <= 0.0 {
+                    let names = leaves
+                        .iter()
+                        .map(|(_, l)| format!("{} has weight 0", l.name.id));
+                    return Pick::Neg(names.collect());
                 }
                 let mut at = fastrand::f64() * total;
-                for (w, leaf) in &picks {
+                for (w, leaf) in &leaves {
                     if at < *w {
                         return Pick::Leaf(leaf);
                     }
                     at -= w;
                 }
-                picks
+                leaves
                     .last()
-                    .map_or(Pick::Neg(empty), |(_, l)| Pick::Leaf(l))
+                    .map_or(Pick::Neg(Vec::new()), |(_, l)| Pick::Leaf(l))
             }
-            RouteTree::Neg => Pick::Neg(Vec::new()),
-            RouteTree::Fail => Pick::Fail,
-            RouteTree::Empty => Pick::Empty,
-            RouteTree::Error(e) => Pick::Error(e),
+            Reach::Neg(why) => Pick::Neg(why),
+            Reach::Fail => Pick::Fail,
+            Reach::Empty => Pick::Empty,
+            Reach::Error(e) => Pick::Error(e),
         }
     }
+
+    /// The leaves a request may go to now, each with the weight of its innermost union
+    /// (`weight` outside any).
+    fn reach(&self, weight: f64) -> Reach<'_> {
+        match self {
+            RouteTree::Leaf(leaf) => match leaf.unavailable() {
+                None => Reach::Leaves(vec![(weight, leaf)]),
+                Some(why) => Reach::Neg(vec![why]),
+            },
+            RouteTree::Alt(branches) => {
+                let mut why = Vec::new();
+                for b in branches {
+                    match b.reach(weight) {
+                        Reach::Neg(w) => why.extend(w),
+                        r => return r,
+                    }
+                }
+                Reach::Neg(why)
+            }
+            RouteTree::Union(branches) => {
+                let mut leaves = Vec::new();
+                let mut why = Vec::new();
+                let mut other = None;
+                for (w, b) in branches {
+                    match b.reach(*w) {
+                        Reach::Leaves(l) => leaves.extend(l),
+                        Reach::Neg(w) => why.extend(w),
+                        r => {
+                            other.get_or_insert(r);
+                        }
+                    }
+                }
+                if leaves.is_empty() {
+                    other.unwrap_or(Reach::Neg(why))
+                } else {
+                    Reach::Leaves(leaves)
+                }
+            }
+            RouteTree::Neg => Reach::Neg(Vec::new()),
+            RouteTree::Fail => Reach::Fail,
+            RouteTree::Empty => Reach::Empty,
+            RouteTree::Error(e) => Reach::Error(e),
+        }
+    }
+
+    /// Whether binding failed somewhere in the tree (such a route is bound again soon: the
+    /// namer may recover).
+    pub(crate) fn has_error(&self) -> bool {
+        match self {
+            RouteTree::Error(_) => true,
+            RouteTree::Alt(b) => b.iter().any(RouteTree::has_error),
+            RouteTree::Union(b) => b.iter().any(|(_, t)| t.has_error()),
+            RouteTree::Leaf(_) | RouteTree::Neg | RouteTree::Fail | RouteTree::Empty => false,
+        }
+    }
+}
+
+/// The leaves a subtree reaches now, or how it ends without any.
+enum Reach<'a> {
+    Leaves(Vec<(f64, &'a RouteLeaf)>),
+    Neg(Vec<String>),
+    Fail,
+    Empty,
+    Error(&'a BindError),
 }
 
 impl RouteLeaf {
