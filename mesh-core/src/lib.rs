@@ -125,6 +125,7 @@ pub mod identity;
 pub mod io;
 pub mod log_limit;
 pub mod metrics;
+pub mod policy;
 pub mod resolve;
 pub mod target;
 pub mod timeout;

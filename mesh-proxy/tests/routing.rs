@@ -374,7 +374,10 @@ async fn nested_union_weights_do_not_multiply() {
     let (hello, v1, v2) = mesh.counts();
     assert!((160..=240).contains(&v1), "v1 {v1}, v2 {v2}, hello {hello}");
     assert!((560..=640).contains(&v2), "v1 {v1}, v2 {v2}, hello {hello}");
-    assert!((160..=240).contains(&hello), "v1 {v1}, v2 {v2}, hello {hello}");
+    assert!(
+        (160..=240).contains(&hello),
+        "v1 {v1}, v2 {v2}, hello {hello}"
+    );
 }
 
 #[tokio::test]
@@ -412,7 +415,10 @@ async fn inbound_passes_routing_context_only_from_trusted_peers() {
         let inbound = bound.inbound_addr().expect("inbound");
         let task = tokio::spawn(bound.run());
         let mut c = h1(inbound).await;
-        assert_eq!(send(&mut c, "app", &[ctx, ("l5d-dtab", "/a=>/b")]).await.0, 200);
+        assert_eq!(
+            send(&mut c, "app", &[ctx, ("l5d-dtab", "/a=>/b")]).await.0,
+            200
+        );
         let seen = app.seen().pop().expect("app saw it");
         assert_eq!(
             seen.headers.get("l5d-ctx-dtab").is_some(),

@@ -57,6 +57,8 @@ pub struct App {
     released: Arc<watch::Sender<bool>>,
     /// What `/` says it is: `hello from <name>`.
     name: Arc<str>,
+    /// The `x-key`s `/first-fails` has seen.
+    keys: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +101,7 @@ impl App {
             seen_count: Arc::new(watch::Sender::new(0)),
             released: Arc::new(watch::Sender::new(false)),
             name: name.into(),
+            keys: Arc::default(),
         };
         let a = app.clone();
         tokio::spawn(async move {
@@ -254,6 +257,58 @@ impl App {
                         .await;
                 text(StatusCode::OK, "held\n")
             }
+            // Fails a share of requests (`?p=0.3`) with 503 after reading the body; the
+            // others answer with the body they received.
+            "/flaky" => {
+                let p = query_f64(&req, "p").unwrap_or(0.5);
+                let body = http_body_util::BodyExt::collect(req.into_body()).await;
+                match body {
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                    Ok(_) if fastrand::f64() < p => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "flaky\n")
+                    }
+                    Ok(b) => text(StatusCode::OK, b.to_bytes()),
+                }
+            }
+            // The first request carrying a given `x-key` fails with 503 (after reading its
+            // body); later ones answer with the body they received.
+            "/first-fails" => {
+                let key = req
+                    .headers()
+                    .get("x-key")
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default();
+                let body = http_body_util::BodyExt::collect(req.into_body()).await;
+                let first = self
+                    .keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key);
+                match body {
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                    Ok(_) if first => text(StatusCode::SERVICE_UNAVAILABLE, "first try fails\n"),
+                    Ok(b) => text(StatusCode::OK, b.to_bytes()),
+                }
+            }
+            // Never answers (within a minute).
+            "/hang" => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                text(StatusCode::OK, "late\n")
+            }
+            // A gRPC trailers-only response with `?code=N`.
+            "/grpc-status" => {
+                let code = query_f64(&req, "code").unwrap_or(0.0);
+                let mut res = text(StatusCode::OK, "");
+                let h = res.headers_mut();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                if let Ok(v) = http::HeaderValue::from_str(&format!("{code}")) {
+                    h.insert("grpc-status", v);
+                }
+                res
+            }
             "/ws" => websocket(req),
             p if p.starts_with("/status/") => {
                 let code = p["/status/".len()..]
@@ -307,6 +362,14 @@ fn websocket(mut req: Request<Incoming>) -> Response<tonic::body::Body> {
         h.insert("sec-websocket-accept", v);
     }
     res
+}
+
+/// A numeric query parameter.
+fn query_f64<B>(req: &Request<B>, name: &str) -> Option<f64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<tonic::body::Body> {

@@ -359,7 +359,7 @@ pub fn error_response_for(c: &Classified, grpc: bool) -> Response<ProxyBody> {
     res
 }
 
-fn find<'a, E: std::error::Error + 'static>(
+pub(crate) fn find<'a, E: std::error::Error + 'static>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a E> {
     let mut cur = Some(error);

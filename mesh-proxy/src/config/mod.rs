@@ -50,6 +50,7 @@ mod discovery;
 mod identity;
 mod listeners;
 mod load;
+mod policy;
 mod routers;
 
 use std::net::SocketAddr;
@@ -69,6 +70,10 @@ pub use self::listeners::{
 };
 pub(crate) use self::load::same_socket;
 pub use self::load::{ConfigError, check_file};
+pub use self::policy::{
+    AbortConfig, BackoffConfig, BudgetConfig, DelayConfig, FaultConfig, RetriesConfig, RouteConfig,
+    RouteMatch, RouteRetriesConfig, ServiceConfig,
+};
 pub use self::routers::{
     HeaderNameText, IdentifierConfig, PathText, RouterConfig, RouterDtab, TrustedSource,
     default_trusted,

@@ -33,6 +33,9 @@ pub struct RouterConfig {
     pub trusted_sources: Vec<TrustedSource>,
     /// The status of a "no route" answer (a name that binds to nothing). Default: 404.
     pub no_route_status: u16,
+    /// Resilience per logical name (`[routers.NAME.service."/svc/world"]`): timeouts,
+    /// retries, and per route faults. The longest prefix of a request's name applies.
+    pub service: std::collections::BTreeMap<String, super::ServiceConfig>,
 }
 
 impl Default for RouterConfig {
@@ -42,6 +45,7 @@ impl Default for RouterConfig {
             dtab: RouterDtab::default(),
             trusted_sources: default_trusted(),
             no_route_status: 404,
+            service: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -65,6 +69,7 @@ impl RouterConfig {
                 self.no_route_status
             ));
         }
+        crate::router::ServicePolicies::build(&self.service)?;
         let prefix = self.identifier.prefix();
         if prefix.len() > MAX_PREFIX_LABELS {
             return Err(format!(

@@ -17,6 +17,7 @@
 mod binder;
 mod context;
 mod identify;
+mod policy;
 mod service;
 mod tree;
 
@@ -38,6 +39,7 @@ use mesh_discovery::namer::Namers;
 pub(crate) use self::binder::{BoundName, BoundTarget, ProxyBinder};
 pub(crate) use self::context::strip as strip_context;
 use self::identify::Identifier;
+pub(crate) use self::policy::ServicePolicies;
 pub(crate) use self::service::RouterStack;
 use self::tree::{Pick, RouteTree};
 use crate::config::{RouterConfig, TrustedSource};
@@ -60,6 +62,7 @@ struct Settings {
     dtab: Dtab,
     trusted: Vec<TrustedSource>,
     no_route: StatusCode,
+    policies: ServicePolicies,
 }
 
 /// The cache key of a bound route: the settings' generation, the request's local dtab and
@@ -69,6 +72,24 @@ struct RouteKey {
     generation: u64,
     local: Dtab,
     name: Path,
+}
+
+/// Where one request goes: its logical target (metrics, errors), the concrete stack that
+/// serves it or the error that answers it, and the resilience policy of its service.
+pub(crate) struct Routed {
+    pub(crate) logical: Arc<LogicalTarget>,
+    pub(crate) concrete: Result<ConcreteStack, BoxError>,
+    pub(crate) policy: Option<Arc<mesh_core::policy::RequestPolicy>>,
+}
+
+impl Routed {
+    fn failed(logical: &Arc<LogicalTarget>, error: BoxError) -> Self {
+        Self {
+            logical: logical.clone(),
+            concrete: Err(error),
+            policy: None,
+        }
+    }
 }
 
 /// A logical name, bound: its tree, and its metrics once a request has gone somewhere.
@@ -98,6 +119,8 @@ pub(crate) struct Router {
     unknown: Arc<LogicalTarget>,
     /// How many names have a `dst` label of their own.
     labels: AtomicUsize,
+    /// The service sections in force (to tell whether a reload changes them).
+    services: std::sync::Mutex<std::collections::BTreeMap<String, crate::config::ServiceConfig>>,
 }
 
 impl Router {
@@ -122,6 +145,7 @@ impl Router {
             routes: Cache::new(max, TARGET_IDLE),
             unknown,
             labels: AtomicUsize::new(0),
+            services: std::sync::Mutex::new(config.service.clone()),
         }
     }
 
@@ -147,11 +171,18 @@ impl Router {
         let current = self.settings.load();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let new = settings(generation, config);
+        // Policies hold live budgets: compared by their configuration.
         let unchanged = new.dtab == current.dtab
             && new.identifier == current.identifier
             && new.trusted == current.trusted
-            && new.no_route == current.no_route;
+            && new.no_route == current.no_route
+            && self
+                .services
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .eq(&config.service);
         if !unchanged {
+            *self.services.lock().unwrap_or_else(|p| p.into_inner()) = config.service.clone();
             self.settings.store(Arc::new(new));
             // Routes bound under the old settings are never looked up again: free their room.
             self.routes.retain(|k| k.generation == generation);
@@ -170,19 +201,20 @@ impl Router {
 
     /// Where one request goes: its logical target (for metrics and errors) and the concrete
     /// stack that serves it, or the error that answers it.
-    pub(crate) fn route<B>(
-        &self,
-        req: &mut Request<B>,
-        trusted: bool,
-    ) -> (Arc<LogicalTarget>, Result<ConcreteStack, BoxError>) {
+    pub(crate) fn route<B>(&self, req: &mut Request<B>, trusted: bool) -> Routed {
         let settings = self.settings.load();
         let local = match context::take_local_dtab(req.headers_mut(), trusted) {
             Ok(local) => local,
-            Err(e) => return (self.unknown.clone(), Err(bad_request(e))),
+            Err(e) => return Routed::failed(&self.unknown, bad_request(e)),
         };
         let name = match settings.identifier.identify(req) {
             Ok(name) => name,
-            Err(e) => return (self.unknown.clone(), Err(bad_request(e))),
+            Err(e) => return Routed::failed(&self.unknown, bad_request(e)),
+        };
+        let policy = if settings.policies.is_empty() {
+            None
+        } else {
+            settings.policies.find(&name, req)
         };
         let key = RouteKey {
             generation: settings.generation,
@@ -199,7 +231,11 @@ impl Router {
         let picked = match route.tree.pick() {
             Pick::Leaf(leaf) => {
                 let logical = route.logical.get_or_init(|| self.logical_for(&route.name));
-                return (logical.clone(), Ok(leaf.concrete.clone()));
+                return Routed {
+                    logical: logical.clone(),
+                    concrete: Ok(leaf.concrete.clone()),
+                    policy,
+                };
             }
             Pick::Neg(empty) if !empty.is_empty() => {
                 Err(no_route(settings.no_route, &route.name, &empty.join("; ")))
@@ -226,7 +262,11 @@ impl Router {
             )
             .into()),
         };
-        (self.unknown.clone(), picked)
+        Routed {
+            logical: self.unknown.clone(),
+            concrete: picked,
+            policy: None,
+        }
     }
 
     /// The logical target (metrics label `dst`) of a name that reached an endpoint: its own,
@@ -300,6 +340,11 @@ fn settings(generation: u64, config: &RouterConfig) -> Settings {
         dtab: config.dtab.0.clone(),
         trusted: config.trusted_sources.clone(),
         no_route: config.no_route_status(),
+        policies: ServicePolicies::build(&config.service).unwrap_or_else(|error| {
+            // Checked when the configuration was loaded; never reached.
+            tracing::error!(%error, "router services not applied");
+            ServicePolicies::default()
+        }),
     }
 }
 

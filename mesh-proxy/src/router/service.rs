@@ -20,6 +20,7 @@ use mesh_core::BoxError;
 use mesh_core::body::{ProxyBody, RequestBody};
 use mesh_core::headers::HopByHopLayer;
 use mesh_core::metrics::RecordHttpLayer;
+use mesh_core::policy::Resilient;
 use mesh_core::upgrade::UpgradesLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_service::Service;
@@ -73,7 +74,11 @@ impl Service<Request<RequestBody>> for RouterStack {
 
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
         let trusted = self.router.trusts(self.client, self.mesh_peer);
-        let (logical, concrete) = self.router.route(&mut req, trusted);
+        let super::Routed {
+            logical,
+            concrete,
+            policy,
+        } = self.router.route(&mut req, trusted);
         let dst = logical.logical.text().clone();
         let mut stack = ServiceBuilder::new()
             .layer(RecordHttpLayer::new(logical.http()))
@@ -89,7 +94,7 @@ impl Service<Request<RequestBody>> for RouterStack {
                 dst,
                 self.ctx.response_timeout,
             ))
-            .service(Routed(concrete.map_err(Some)));
+            .service(Resilient::new(Concrete(concrete.map_err(Some)), policy));
         // Every stage is ready at once (see `http.rs`), so the request is called in place and
         // only its response future is boxed — not the stack with it, which a `Oneshot` would
         // move into the allocation too.
@@ -103,9 +108,20 @@ impl Service<Request<RequestBody>> for RouterStack {
 
 /// The concrete stage of one routed request: the chosen stack, or the error that answers
 /// the request.
-struct Routed(Result<ConcreteStack, Option<BoxError>>);
+struct Concrete(Result<ConcreteStack, Option<BoxError>>);
 
-impl Service<Request<RequestBody>> for Routed {
+/// A clone for another attempt. Only a chosen stack is ever tried again: a request answered
+/// with a routing error has no policy, so its clone is never called.
+impl Clone for Concrete {
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Ok(stack) => Self(Ok(stack.clone())),
+            Err(_) => Self(Err(None)),
+        }
+    }
+}
+
+impl Service<Request<RequestBody>> for Concrete {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
     type Future = BoxResponse;

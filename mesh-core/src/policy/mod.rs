@@ -1,0 +1,240 @@
+//! A service's resilience policy applied to one request: fault injection, a total timeout
+//! across attempts, retries with a budget and body replay, a per-try timeout (DESIGN.md §4,
+//! `[routers.NAME.service."/svc/x"]`).
+//!
+//! [`Resilient`] wraps the concrete stage (a balancer, or one endpoint). Its order is the
+//! order of the policy's promises:
+//!
+//! 1. **fault** — an injected delay, then an injected abort answered at once (never retried);
+//! 2. **total timeout** — the route's `timeout`, lowered by an incoming `grpc-timeout`; on
+//!    expiry 504 (gRPC `DEADLINE_EXCEEDED`) naming the destination;
+//! 3. **attempts** — each with the per-try timeout; a failure the policy names is tried again
+//!    after a jittered exponential backoff while attempts and the budget last. The request
+//!    body streams to the first attempt while [`ReplayBody`] keeps up to the replay limit;
+//!    a larger body is not retried. A response is judged on its head, before any byte
+//!    reaches the client, so nothing is retried once the client has seen part of an answer.
+//!
+//! Requests without a policy pass straight through (no allocation, no timer).
+
+mod fault;
+mod retry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::Either;
+use http::{HeaderMap, Method, Request, Response};
+use tower::ServiceExt;
+use tower_service::Service;
+
+pub use self::fault::{Fault, Injected, InjectedFault, Percent};
+pub use self::retry::{Reason, RetryOn, RetryPolicy, grpc_status, is_idempotent};
+use crate::BoxError;
+use crate::body::{NotReplayable, ProxyBody, ReplayBody, RequestBody};
+use crate::errors::{HttpError, ResponseTimeout, find};
+
+/// Retries, by destination and reason.
+pub const RETRY_TOTAL: &str = "mesh_retry_total";
+/// Retries refused because the budget was spent, by destination.
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "mesh_retry_budget_exhausted_total";
+/// Injected faults, by destination and kind (`delay`, `abort`).
+pub const FAULT_INJECTED_TOTAL: &str = "mesh_fault_injected_total";
+
+/// What applies to one request of a route.
+#[derive(Debug, Default)]
+pub struct RequestPolicy {
+    /// The logical destination (the `dst` label, and the name in errors).
+    pub dst: Arc<str>,
+    /// The whole request, across attempts.
+    pub timeout: Option<Duration>,
+    /// Each attempt, to its response head.
+    pub per_try_timeout: Option<Duration>,
+    /// Retries; none: one attempt.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// Injected faults.
+    pub fault: Option<Fault>,
+}
+
+/// The concrete stage under a request's policy; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Resilient<S> {
+    inner: S,
+    policy: Option<Arc<RequestPolicy>>,
+}
+
+impl<S> Resilient<S> {
+    /// `inner` under `policy` (none: passed straight through).
+    pub fn new(inner: S, policy: Option<Arc<RequestPolicy>>) -> Self {
+        Self { inner, policy }
+    }
+}
+
+/// The response future of a stage.
+type BoxResponse = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+impl<S> Service<Request<RequestBody>> for Resilient<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Either<S::Future, BoxResponse>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        match &self.policy {
+            None => Either::Left(self.inner.call(req)),
+            Some(policy) => {
+                // Every attempt readies its own clone: the stages under this one are
+                // always ready (the balancer waits inside its response future).
+                Either::Right(Box::pin(run(self.inner.clone(), policy.clone(), req)))
+            }
+        }
+    }
+}
+
+async fn run<S>(
+    inner: S,
+    policy: Arc<RequestPolicy>,
+    req: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
+{
+    if let Some(fault) = &policy.fault {
+        let injected = fault.draw(&req);
+        if let Some(d) = injected.delay {
+            metrics::counter!(FAULT_INJECTED_TOTAL, "dst" => policy.dst.to_string(), "fault" => "delay").increment(1);
+            tokio::time::sleep(d).await;
+        }
+        if let Some((status, grpc)) = injected.abort {
+            metrics::counter!(FAULT_INJECTED_TOTAL, "dst" => policy.dst.to_string(), "fault" => "abort").increment(1);
+            return Err(HttpError::new(status, grpc, InjectedFault("abort")).into());
+        }
+    }
+    let total = match (policy.timeout, grpc_timeout(req.headers())) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let attempts = attempts(inner, &policy, req);
+    match total {
+        None => attempts.await,
+        Some(d) => match tokio::time::timeout(d, attempts).await {
+            Ok(r) => r,
+            Err(_) => Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
+        },
+    }
+}
+
+/// One attempt to its response head, under the per-try timeout.
+async fn attempt<S>(
+    inner: &mut S,
+    policy: &RequestPolicy,
+    req: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError>,
+{
+    let call = inner.ready().await?.call(req);
+    match policy.per_try_timeout {
+        None => call.await,
+        Some(d) => match tokio::time::timeout(d, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
+        },
+    }
+}
+
+async fn attempts<S>(
+    mut inner: S,
+    policy: &RequestPolicy,
+    req: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError>,
+{
+    let Some(retry) = &policy.retry else {
+        return attempt(&mut inner, policy, req).await;
+    };
+    retry.deposit();
+    // Upgrades and CONNECT become tunnels: never tried twice.
+    if req.method() == Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
+        return attempt(&mut inner, policy, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let replay =
+        (!http_body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, retry.replay_limit));
+    let mut n: u32 = 1;
+    loop {
+        let body = match &replay {
+            None => RequestBody::empty(),
+            Some(r) => RequestBody::from_body(r.try_clone().ok_or(NotReplayable)?),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        *req.extensions_mut() = parts.extensions.clone();
+        let result = attempt(&mut inner, policy, req).await;
+        // A gRPC call is a POST; listing gRPC codes opts its calls in.
+        let method_ok =
+            retry.retries_method(&parts.method) || crate::classify::is_grpc(&parts.headers);
+        let reason = match &result {
+            Ok(res) => retry
+                .response_reason(res.status(), res.headers())
+                .filter(|_| method_ok),
+            Err(e) if find::<ResponseTimeout>(e.as_ref()).is_some() => {
+                Some("per-try-timeout").filter(|_| method_ok)
+            }
+            Err(e) => retry
+                .error_reason(e)
+                .and_then(|(r, unsent)| (unsent || method_ok).then_some(r)),
+        };
+        let Some(reason) = reason else {
+            return result;
+        };
+        if n >= retry.max_attempts || replay.as_ref().is_some_and(|r| !r.is_replayable()) {
+            return result;
+        }
+        if !retry.withdraw() {
+            metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "dst" => policy.dst.to_string())
+                .increment(1);
+            return result;
+        }
+        metrics::counter!(RETRY_TOTAL, "dst" => policy.dst.to_string(), "reason" => reason)
+            .increment(1);
+        drop(result);
+        tokio::time::sleep(retry.backoff(n)).await;
+        n += 1;
+    }
+}
+
+/// An incoming `grpc-timeout` (`100m`, `2S`, …): an upper bound on the request's deadline.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
