@@ -185,7 +185,7 @@ async fn only_safe_requests_are_retried_and_bodies_replay_exactly() {
 
     let configured = sidecar(
         &[app.addr()],
-        r#"retries = { on = ["5xx"], methods = ["POST"] }"#,
+        r#"retries = { on = ["5xx"], methods = ["POST"], report_count = true }"#,
     )
     .await;
     let mut c = h1(configured.outbound).await;
@@ -199,6 +199,32 @@ async fn only_safe_requests_are_retried_and_bodies_replay_exactly() {
     .await;
     assert_eq!(status, 200, "POST retried when configured");
     assert_eq!(echoed, body);
+    // The count is reported only where configured.
+    let mut b = http::Request::post("/first-fails")
+        .header("host", "world")
+        .header("x-key", "post-3");
+    b = b.header("content-length", "2");
+    let res = c
+        .send_request(b.body(full("hi")).unwrap())
+        .await
+        .expect("response");
+    assert_eq!(
+        res.headers()
+            .get("l5d-retry-count")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let mut plain = h1(by_default.outbound).await;
+    let res = plain
+        .send_request(
+            http::Request::get("/")
+                .header("host", "world")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .expect("response");
+    assert!(res.headers().get("l5d-retry-count").is_none());
 }
 
 #[tokio::test]
@@ -361,4 +387,68 @@ async fn bad_policies_are_refused_at_load() {
             .to_string();
         assert!(err.contains(want), "{service}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_tonic_client_sees_unavailable_retried_and_invalid_argument_not() {
+    let app = App::spawn().await;
+    let dir = temp_dir("resilience-grpc");
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[outbound]
+listen = "127.0.0.1:0"
+router = "r"
+[inbound]
+listen = "127.0.0.1:0"
+target = "127.0.0.1:1"
+[routers.r]
+identifier = {{ kind = "static", path = "/svc/greeter" }}
+dtab = "/svc/greeter => /$/inet/{ip}/{port}"
+[routers.r.service."/svc/greeter"]
+retries = {{ on = ["unavailable"], max_attempts = 3, backoff = {{ min = "1ms", max = "2ms" }} }}
+"#,
+        ip = app.addr().ip(),
+        port = app.addr().port()
+    );
+    let _ = dir;
+    let p = proxy_with_metrics(Config::from_toml("grpc.toml", &text).expect("config")).await;
+    let mut client = mesh_test::grpc::GreeterClient::connect(p.outbound)
+        .await
+        .expect("connect");
+    // UNAVAILABLE once, then OK: the retry hides it.
+    let reply = client
+        .say_hello("unavailable-once:tonic-1")
+        .await
+        .expect("retried");
+    assert!(
+        reply.message.contains("unavailable-once:tonic-1"),
+        "{}",
+        reply.message
+    );
+    // Always UNAVAILABLE: three attempts, then the status reaches the client.
+    let before = app.seen().len();
+    let err = client
+        .say_hello("unavailable:down")
+        .await
+        .expect_err("unavailable");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(app.seen().len() - before, 3);
+    // INVALID_ARGUMENT is the client's own error: one attempt.
+    let before = app.seen().len();
+    let err = client.say_hello("").await.expect_err("invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(app.seen().len() - before, 1);
+    // Failures in trailers-only responses are classified as failures in the metrics.
+    let text = scrape(p.admin).await;
+    assert!(
+        sample(
+            &text,
+            "mesh_response_total",
+            &["dst=\"/svc/greeter\"", "classification=\"failure\""]
+        )
+        .is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
 }

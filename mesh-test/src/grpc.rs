@@ -55,6 +55,18 @@ fn check(name: &str) -> Result<(), Status> {
     if let Some(msg) = name.strip_prefix("fail:") {
         return Err(Status::not_found(msg.to_owned()));
     }
+    if let Some(msg) = name.strip_prefix("unavailable:") {
+        return Err(Status::unavailable(msg.to_owned()));
+    }
+    // The first call with a given key fails UNAVAILABLE, later ones succeed (for retries).
+    if let Some(key) = name.strip_prefix("unavailable-once:") {
+        static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.iter().any(|k| k == key) {
+            seen.push(key.to_owned());
+            return Err(Status::unavailable(format!("first call for {key}")));
+        }
+    }
     Ok(())
 }
 

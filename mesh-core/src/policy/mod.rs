@@ -202,15 +202,15 @@ where
                 .and_then(|(r, unsent)| (unsent || method_ok).then_some(r)),
         };
         let Some(reason) = reason else {
-            return result;
+            return reported(result, retry, n);
         };
         if n >= retry.max_attempts || replay.as_ref().is_some_and(|r| !r.is_replayable()) {
-            return result;
+            return reported(result, retry, n);
         }
         if !retry.withdraw() {
             metrics::counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "dst" => policy.dst.to_string())
                 .increment(1);
-            return result;
+            return reported(result, retry, n);
         }
         metrics::counter!(RETRY_TOTAL, "dst" => policy.dst.to_string(), "reason" => reason)
             .increment(1);
@@ -218,6 +218,21 @@ where
         tokio::time::sleep(retry.backoff(n)).await;
         n += 1;
     }
+}
+
+/// The response of attempt `n`, with `l5d-retry-count: n - 1` when the policy reports it.
+fn reported(
+    result: Result<Response<ProxyBody>, BoxError>,
+    retry: &RetryPolicy,
+    n: u32,
+) -> Result<Response<ProxyBody>, BoxError> {
+    result.map(|mut res| {
+        if retry.report_count {
+            res.headers_mut()
+                .insert("l5d-retry-count", http::HeaderValue::from(n - 1));
+        }
+        res
+    })
 }
 
 /// An incoming `grpc-timeout` (`100m`, `2S`, …): an upper bound on the request's deadline.

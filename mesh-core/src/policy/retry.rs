@@ -89,6 +89,8 @@ pub struct RetryPolicy {
     pub replay_limit: usize,
     /// The service's budget, shared by its routes.
     pub budget: Arc<TpsBudget>,
+    /// Tell the client how many retries its response took (`l5d-retry-count`).
+    pub report_count: bool,
 }
 
 /// Why one attempt is worth another.
@@ -190,6 +192,7 @@ mod tests {
             max_backoff: Duration::from_millis(100),
             replay_limit: 64 * 1024,
             budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+            report_count: false,
         }
     }
 

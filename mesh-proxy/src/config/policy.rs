@@ -47,6 +47,8 @@ pub struct RetriesConfig {
     /// The largest request body kept for a retry; larger bodies are not retried. Default
     /// 64 KiB.
     pub replay_limit: ByteSize,
+    /// Tell clients how many retries a response took, in `l5d-retry-count`. Default: false.
+    pub report_count: bool,
 }
 
 impl Default for RetriesConfig {
@@ -60,6 +62,7 @@ impl Default for RetriesConfig {
             max_attempts: 3,
             backoff: BackoffConfig::default(),
             replay_limit: ByteSize::kib(64),
+            report_count: false,
         }
     }
 }

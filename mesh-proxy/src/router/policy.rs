@@ -196,6 +196,7 @@ fn retry(
         max_backoff: backoff.max,
         replay_limit: replay,
         budget,
+        report_count: base.report_count,
     })
 }
 
