@@ -147,6 +147,9 @@ Try:
   curl -s -H 'Host: world' -H 'l5d-dtab: /svc/world => /#/fs/world-v3 | /svc/world-v2' http://{out}/
                                                          # an alternation falls back: no world-v3
   curl -si -H 'Host: nowhere' http://{out}/              # 404, l5d-proxy-error says why
+  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\n' \
+      -H 'Host: world' -H 'x-chaos: on' http://{out}/; done   # injected faults: half 503, half delayed
+  curl -si -H 'Host: world' http://{out}/status/503 | grep l5d-retry-count   # 503 after 2 retries
   curl -s -H 'Host: world' http://{out}/headers          # l5d-client-id: the client's mTLS identity
   curl -s --http2-prior-knowledge -H 'Host: hello' http://{out}/   # HTTP/2 routes the same way
   curl -s 'http://{admin}/delegator.json?path=/svc/world'          # why /svc/world goes where it goes
@@ -198,6 +201,15 @@ identifier = {{ kind = "host", prefix = "/svc" }}
 dtab = """
 {DTAB}
 """
+
+# Resilience for /svc/world: a total timeout, retries within a budget, and chaos on demand.
+[routers.default.service."/svc/world"]
+timeout = "2s"
+retries = {{ on = ["5xx", "connect-failure"], max_attempts = 3, report_count = true }}
+
+[[routers.default.service."/svc/world".routes]]
+match = {{ headers = {{ "x-chaos" = "on" }} }}
+fault = {{ abort = {{ status = 503, percent = 50 }}, delay = {{ duration = "200ms", percent = 50 }} }}
 "#
     )
 }
