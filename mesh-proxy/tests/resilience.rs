@@ -40,10 +40,16 @@ kind = "file"
 dir = {dir:?}
 [routers.r]
 dtab = "{dtab}"
-[routers.r.service."/svc/world"]
+{section}
 {service}
 "#,
-        dir = dir.display().to_string()
+        dir = dir.display().to_string(),
+        // No policy at all when none is given.
+        section = if service.is_empty() {
+            ""
+        } else {
+            "[routers.r.service.\"/svc/world\"]"
+        }
     );
     let cfg = Config::from_toml("resilience.toml", &text).expect("config");
     proxy_with_metrics(cfg).await
@@ -282,6 +288,28 @@ async fn timeouts_fire_at_their_deadline() {
     assert!(
         took >= Duration::from_millis(90) && took <= Duration::from_millis(400),
         "{took:?}"
+    );
+    // Honoured for a name without any service policy too.
+    let plain = sidecar(&[app.addr()], "").await;
+    let c3 = h2(plain.outbound).await;
+    let req = http::Request::post("http://world/hang")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "100m")
+        .body(empty())
+        .unwrap();
+    let t0 = Instant::now();
+    let res = c3.clone().send_request(req).await.expect("response");
+    assert_eq!(
+        res.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4")
+    );
+    assert!(
+        t0.elapsed() <= Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
     );
 }
 

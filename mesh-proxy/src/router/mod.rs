@@ -216,6 +216,15 @@ impl Router {
         } else {
             settings.policies.find(&name, req)
         };
+        // A gRPC deadline is honoured for every name, with or without a service policy.
+        let policy = policy.or_else(|| {
+            req.headers().contains_key("grpc-timeout").then(|| {
+                Arc::new(mesh_core::policy::RequestPolicy {
+                    dst: name.to_string().into(),
+                    ..Default::default()
+                })
+            })
+        });
         let key = RouteKey {
             generation: settings.generation,
             local,
