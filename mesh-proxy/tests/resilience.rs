@@ -289,6 +289,33 @@ async fn timeouts_fire_at_their_deadline() {
         took >= Duration::from_millis(90) && took <= Duration::from_millis(400),
         "{took:?}"
     );
+    // The deadline covers a stream whose head arrived: it ends with DEADLINE_EXCEEDED.
+    let req = http::Request::post("http://world/grpc-stall")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "150m")
+        .body(empty())
+        .unwrap();
+    let t0 = Instant::now();
+    let res = c2.clone().send_request(req).await.expect("response head");
+    assert_eq!(res.status(), 200);
+    let collected = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::BodyExt::collect(res.into_body()),
+    )
+    .await
+    .expect("the stream ends at its deadline")
+    .expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("4")
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(140),
+        "{:?}",
+        t0.elapsed()
+    );
     // Honoured for a name without any service policy too.
     let plain = sidecar(&[app.addr()], "").await;
     let c3 = h2(plain.outbound).await;
@@ -329,7 +356,7 @@ async fn a_per_try_timeout_moves_on_to_a_healthy_endpoint() {
         &[silent_addr, app.addr()],
         r#"per_try_timeout = "100ms"
 timeout = "2s"
-retries = { on = ["connect-failure"], max_attempts = 4, backoff = { min = "1ms", max = "2ms" } }"#,
+retries = { on = ["per-try-timeout"], max_attempts = 4, backoff = { min = "1ms", max = "2ms" } }"#,
     )
     .await;
     let mut c = h1(p.outbound).await;
@@ -400,6 +427,10 @@ async fn bad_policies_are_refused_at_load() {
         (r#"retries = { on = ["sometimes"] }"#, "retries.on"),
         (r#"retries = { max_attempts = 0 }"#, "max_attempts"),
         (r#"retries = { budget = { ttl = "0s" } }"#, "ttl"),
+        (r#"retries = { budget = { ratio = 0.3 } }"#, "1/n"),
+        (r#"retries = { methods = ["CONNECT"] }"#, "CONNECT"),
+        ("timeout = \"0s\"", "greater than zero"),
+        ("timeout = \"1s\"\nper_try_timeout = \"2s\"", "longer than"),
         (
             "[[routers.r.service.\"/svc/world\".routes]]\nfault = { abort = { status = 200, percent = 10 } }",
             "status",

@@ -295,6 +295,20 @@ impl App {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 text(StatusCode::OK, "late\n")
             }
+            // A gRPC response head, then a stream that never sends a message or trailers.
+            "/grpc-stall" => {
+                let stalled = futures_util::stream::pending::<
+                    Result<http_body::Frame<Bytes>, tonic::Status>,
+                >();
+                let mut res = Response::new(tonic::body::Body::new(
+                    http_body_util::StreamBody::new(stalled),
+                ));
+                res.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                res
+            }
             // A gRPC trailers-only response with `?code=N`.
             "/grpc-status" => {
                 let code = query_f64(&req, "code").unwrap_or(0.0);

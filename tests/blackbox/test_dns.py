@@ -182,6 +182,7 @@ class AliasUpstream(Upstream):
         self.status = 200
         self.lock = threading.Lock()
         self.answered: dict[int, int] = {}
+        self.heads: list[bytes] = []
         self._conns: set[socket.socket] = set()
         self._closed = False
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -1,5 +1,6 @@
 //! The response body the proxy hands back to its HTTP server.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +26,9 @@ pin_project! {
     enum Kind {
         Upstream { #[pin] body: UpstreamBody },
         Local { data: Option<Bytes> },
+        // A gRPC response under a deadline: at the deadline the stream ends with
+        // DEADLINE_EXCEEDED trailers instead of waiting on the upstream.
+        GrpcDeadline { body: Pin<Box<ProxyBody>>, deadline: Pin<Box<tokio::time::Sleep>>, done: bool },
     }
 }
 
@@ -48,6 +52,19 @@ impl ProxyBody {
         let data = if data.is_empty() { None } else { Some(data) };
         Self {
             kind: Kind::Local { data },
+        }
+    }
+
+    /// A gRPC response body that ends with `grpc-status: 4` (DEADLINE_EXCEEDED) trailers at
+    /// `deadline` if the upstream has not ended it by then (a `grpc-timeout` covers the whole
+    /// call, streams included).
+    pub fn grpc_deadline(body: ProxyBody, deadline: tokio::time::Instant) -> Self {
+        Self {
+            kind: Kind::GrpcDeadline {
+                body: Box::pin(body),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                done: false,
+            },
         }
     }
 
@@ -76,6 +93,32 @@ impl Body for ProxyBody {
         match self.project().kind.project() {
             KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::GrpcDeadline {
+                body,
+                deadline,
+                done,
+            } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                if let Poll::Ready(frame) = body.as_mut().poll_frame(cx) {
+                    *done = frame.is_none();
+                    return Poll::Ready(frame);
+                }
+                match deadline.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        *done = true;
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+                        trailers.insert(
+                            "grpc-message",
+                            http::HeaderValue::from_static("deadline exceeded (mesh proxy)"),
+                        );
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                }
+            }
         }
     }
 
@@ -83,6 +126,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Local { data } => data.is_none(),
             Kind::Upstream { body } => body.is_end_stream(),
+            Kind::GrpcDeadline { body, done, .. } => *done || body.is_end_stream(),
         }
     }
 
@@ -92,6 +136,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Upstream { body } => body.size_hint(),
+            Kind::GrpcDeadline { .. } => SizeHint::default(),
         }
     }
 }

@@ -269,7 +269,9 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Classified {
         )
     } else if find::<BadResponse>(error).is_some() {
         (StatusCode::BAD_GATEWAY, GrpcCode::Unavailable, false)
-    } else if find::<ResponseTimeout>(error).is_some() {
+    } else if find::<ResponseTimeout>(error).is_some()
+        || find::<crate::policy::PerTryTimeout>(error).is_some()
+    {
         (
             StatusCode::GATEWAY_TIMEOUT,
             GrpcCode::DeadlineExceeded,
@@ -375,7 +377,9 @@ pub(crate) fn find<'a, E: std::error::Error + 'static>(
 /// hyper reports a failure of the request body it was sending as a "user body" error
 /// whose source is the error of the body itself: the downstream's ([`RequestBodyError`]).
 /// Returns what went wrong with that body.
-fn downstream_body_error(e: &hyper::Error) -> Option<&(dyn std::error::Error + 'static)> {
+pub(crate) fn downstream_body_error(
+    e: &hyper::Error,
+) -> Option<&(dyn std::error::Error + 'static)> {
     use std::error::Error as _;
     let body = e.source().filter(|_| e.is_user())?;
     let body = body.downcast_ref::<RequestBodyError>()?;

@@ -40,7 +40,7 @@ use crate::errors::{HttpError, ResponseTimeout, find};
 pub const RETRY_TOTAL: &str = "mesh_retry_total";
 /// Retries refused because the budget was spent, by destination.
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "mesh_retry_budget_exhausted_total";
-/// Injected faults, by destination and kind (`delay`, `abort`).
+/// Injected faults, by destination and `fault` (`delay`, `abort`).
 pub const FAULT_INJECTED_TOTAL: &str = "mesh_fault_injected_total";
 
 /// What applies to one request of a route.
@@ -111,6 +111,37 @@ async fn run<S>(
 where
     S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
 {
+    let total = match (policy.timeout, grpc_timeout(req.headers())) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let grpc = crate::classify::is_grpc(req.headers());
+    // The deadline runs from the request's arrival: an injected delay counts against it.
+    let deadline = total.map(|d| (tokio::time::Instant::now() + d, d));
+    let answer = faulted(inner, &policy, req);
+    let res = match deadline {
+        None => answer.await?,
+        Some((at, d)) => match tokio::time::timeout_at(at, answer).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
+        },
+    };
+    // A gRPC call's deadline covers its whole stream, not only the response head.
+    Ok(match deadline {
+        Some((at, _)) if grpc => res.map(|body| ProxyBody::grpc_deadline(body, at)),
+        _ => res,
+    })
+}
+
+/// Injected faults, then the attempts.
+async fn faulted<S>(
+    inner: S,
+    policy: &RequestPolicy,
+    req: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, BoxError>
+where
+    S: Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = BoxError>,
+{
     if let Some(fault) = &policy.fault {
         let injected = fault.draw(&req);
         if let Some(d) = injected.delay {
@@ -122,18 +153,7 @@ where
             return Err(HttpError::new(status, grpc, InjectedFault("abort")).into());
         }
     }
-    let total = match (policy.timeout, grpc_timeout(req.headers())) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let attempts = attempts(inner, &policy, req);
-    match total {
-        None => attempts.await,
-        Some(d) => match tokio::time::timeout(d, attempts).await {
-            Ok(r) => r,
-            Err(_) => Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
-        },
-    }
+    attempts(inner, policy, req).await
 }
 
 /// One attempt to its response head, under the per-try timeout.
@@ -150,9 +170,22 @@ where
         None => call.await,
         Some(d) => match tokio::time::timeout(d, call).await {
             Ok(r) => r,
-            Err(_) => Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
+            Err(_) => Err(PerTryTimeout {
+                dst: policy.dst.clone(),
+                timeout: d,
+            }
+            .into()),
         },
     }
+}
+
+/// An attempt that did not get its response head within the per-try timeout: answered 504
+/// (gRPC `DEADLINE_EXCEEDED`) when no attempt is left.
+#[derive(Debug, thiserror::Error)]
+#[error("no response from {dst} within the per-try timeout of {timeout:?}")]
+pub struct PerTryTimeout {
+    dst: Arc<str>,
+    timeout: Duration,
 }
 
 async fn attempts<S>(
@@ -172,14 +205,12 @@ where
         return attempt(&mut inner, policy, req).await;
     }
     let (parts, body) = req.into_parts();
+    let grpc = crate::classify::is_grpc(&parts.headers);
     let replay =
         (!http_body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, retry.replay_limit));
+    let mut body = replay_body(replay.as_ref()).ok_or(NotReplayable)?;
     let mut n: u32 = 1;
     loop {
-        let body = match &replay {
-            None => RequestBody::empty(),
-            Some(r) => RequestBody::from_body(r.try_clone().ok_or(NotReplayable)?),
-        };
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
@@ -187,16 +218,16 @@ where
         *req.headers_mut() = parts.headers.clone();
         *req.extensions_mut() = parts.extensions.clone();
         let result = attempt(&mut inner, policy, req).await;
-        // A gRPC call is a POST; listing gRPC codes opts its calls in.
-        let method_ok =
-            retry.retries_method(&parts.method) || crate::classify::is_grpc(&parts.headers);
+        let method_ok = retry.retries_method(&parts.method);
         let reason = match &result {
+            // A gRPC call is a POST: listing gRPC codes opts its calls in, for those codes.
             Ok(res) => retry
                 .response_reason(res.status(), res.headers())
+                .filter(|r| method_ok || (grpc && *r == "grpc")),
+            Err(e) if find::<PerTryTimeout>(e.as_ref()).is_some() => retry
+                .retries_per_try_timeout()
+                .then_some("per-try-timeout")
                 .filter(|_| method_ok),
-            Err(e) if find::<ResponseTimeout>(e.as_ref()).is_some() => {
-                Some("per-try-timeout").filter(|_| method_ok)
-            }
             Err(e) => retry
                 .error_reason(e)
                 .and_then(|(r, unsent)| (unsent || method_ok).then_some(r)),
@@ -212,11 +243,25 @@ where
                 .increment(1);
             return reported(result, retry, n);
         }
+        tokio::time::sleep(retry.backoff(n)).await;
+        // The failed attempt may have read on past the replay limit meanwhile: then its
+        // answer stands.
+        let Some(next) = replay_body(replay.as_ref()) else {
+            return reported(result, retry, n);
+        };
         metrics::counter!(RETRY_TOTAL, "dst" => policy.dst.to_string(), "reason" => reason)
             .increment(1);
         drop(result);
-        tokio::time::sleep(retry.backoff(n)).await;
+        body = next;
         n += 1;
+    }
+}
+
+/// The body of the next attempt: empty, or a replay; `None` when it can no longer be replayed.
+fn replay_body(replay: Option<&ReplayBody>) -> Option<RequestBody> {
+    match replay {
+        None => Some(RequestBody::empty()),
+        Some(r) => r.try_clone().map(RequestBody::from_body),
     }
 }
 
@@ -253,3 +298,6 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests;

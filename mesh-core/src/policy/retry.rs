@@ -37,6 +37,9 @@ pub enum RetryOn {
     Reset,
     /// A gRPC status in the response head (a trailers-only response).
     Grpc(GrpcCode),
+    /// An attempt without a response head within the per-try timeout (also implied by
+    /// `5xx` and `gateway-error`: the timeout answers 504).
+    PerTryTimeout,
 }
 
 impl std::str::FromStr for RetryOn {
@@ -50,6 +53,7 @@ impl std::str::FromStr for RetryOn {
             "connect-failure" => Ok(RetryOn::ConnectFailure),
             "refused-stream" => Ok(RetryOn::RefusedStream),
             "reset" => Ok(RetryOn::Reset),
+            "per-try-timeout" => Ok(RetryOn::PerTryTimeout),
             "unavailable" => grpc(GrpcCode::Unavailable),
             "cancelled" => grpc(GrpcCode::Cancelled),
             "deadline-exceeded" => grpc(GrpcCode::DeadlineExceeded),
@@ -64,7 +68,7 @@ impl std::str::FromStr for RetryOn {
                         Ok(RetryOn::Status(lo, hi))
                     }
                     _ => Err(format!(
-                        "{s:?}: expected 5xx, gateway-error, connect-failure, refused-stream, reset, a status or range (\"503\", \"500-504\"), or a gRPC code (unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, unknown, aborted)"
+                        "{s:?}: expected 5xx, gateway-error, connect-failure, refused-stream, reset, per-try-timeout, a status or range (\"503\", \"500-504\"), or a gRPC code (unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, unknown, aborted)"
                     )),
                 }
             }
@@ -127,6 +131,16 @@ impl RetryPolicy {
         None
     }
 
+    /// Whether an attempt that hit the per-try timeout is retried.
+    pub fn retries_per_try_timeout(&self) -> bool {
+        self.on.iter().any(|o| {
+            matches!(
+                o,
+                RetryOn::PerTryTimeout | RetryOn::ServerError | RetryOn::GatewayError
+            )
+        })
+    }
+
     /// Why a failed attempt is retried, if it is, and whether the request can be known
     /// unsent (then any method may be retried).
     pub fn error_reason(&self, error: &BoxError) -> Option<(Reason, bool)> {
@@ -139,7 +153,12 @@ impl RetryPolicy {
             if up.is_refused_stream() && self.on.contains(&RetryOn::RefusedStream) {
                 return Some(("refused-stream", true));
             }
-            if !up.is_timeout() && self.on.contains(&RetryOn::Reset) {
+            // A reset of the exchange, not the client's own body failing (retrying that would
+            // send a second truncated request).
+            if !up.is_timeout()
+                && crate::errors::downstream_body_error(up.hyper_error()).is_none()
+                && self.on.contains(&RetryOn::Reset)
+            {
                 return Some(("reset", false));
             }
         }

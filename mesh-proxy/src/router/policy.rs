@@ -41,8 +41,12 @@ impl ServicePolicies {
             let fail = |e: String| format!("service {key:?}: {e}");
             let prefix = Path::read(key).map_err(|e| fail(format!("not a path: {e}")))?;
             let dst: Arc<str> = key.as_str().into();
+            check_timeouts(svc.timeout, svc.per_try_timeout).map_err(fail)?;
+            // One budget per service, shared by its routes, whichever of them retries.
+            let route_retries = svc.routes.iter().any(|r| r.retries.is_some());
             let budget = match &svc.retries {
                 Some(r) => Some(budget(r).map_err(fail)?),
+                None if route_retries => Some(budget(&RetriesConfig::default()).map_err(fail)?),
                 None => None,
             };
             let retry = match (&svc.retries, &budget) {
@@ -121,6 +125,10 @@ fn compile_route(
         }
     };
     let fault = route.fault.as_ref().map(fault).transpose()?;
+    check_timeouts(
+        route.timeout.or(svc.timeout),
+        route.per_try_timeout.or(svc.per_try_timeout),
+    )?;
     let policy = RequestPolicy {
         dst: dst.clone(),
         timeout: route.timeout.or(svc.timeout),
@@ -138,8 +146,34 @@ fn compile_route(
     ))
 }
 
+/// Timeouts must be able to pass, and an attempt may not outlast the whole request.
+fn check_timeouts(total: Option<Duration>, per_try: Option<Duration>) -> Result<(), String> {
+    if total.is_some_and(|d| d.is_zero()) || per_try.is_some_and(|d| d.is_zero()) {
+        return Err("timeouts must be greater than zero".into());
+    }
+    if let (Some(t), Some(p)) = (total, per_try)
+        && p > t
+    {
+        return Err(format!(
+            "per_try_timeout ({p:?}) is longer than the total timeout ({t:?})"
+        ));
+    }
+    Ok(())
+}
+
 fn budget(r: &RetriesConfig) -> Result<Arc<TpsBudget>, String> {
     let b = &r.budget;
+    // tower's budget withdraws a whole number of deposits per retry: below 1 the ratio is
+    // 1/n, and any other value would be silently rounded (0.6 would behave as 1.0).
+    if b.ratio > 0.0 && b.ratio < 1.0 {
+        let n = 1.0 / f64::from(b.ratio);
+        if (n - n.round()).abs() > 0.01 * n {
+            return Err(format!(
+                "retries.budget.ratio {} below 1 must be 1/n (0.5, 0.25, 0.2, 0.1, ...)",
+                b.ratio
+            ));
+        }
+    }
     if b.ttl < Duration::from_secs(1) || b.ttl > Duration::from_secs(60) {
         return Err("retries.budget.ttl must be between 1s and 60s".into());
     }
@@ -161,6 +195,9 @@ fn retry(
     let methods = route
         .and_then(|r| r.methods.as_ref())
         .unwrap_or(&base.methods);
+    if methods.iter().any(|m| m.eq_ignore_ascii_case("CONNECT")) {
+        return Err("retries.methods: CONNECT is never retried (it becomes a tunnel)".into());
+    }
     let max_attempts = route
         .and_then(|r| r.max_attempts)
         .unwrap_or(base.max_attempts);
