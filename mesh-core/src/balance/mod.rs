@@ -1,14 +1,15 @@
 //! Load balancing over a destination's discovered endpoints.
 //!
 //! Power of two choices over the ready endpoints, each weighed by its Peak-EWMA load
-//! (Finagle's balancer, as tower implements it: `tower::balance::p2c` over
+//! (Finagle's balancer, as tower implements it — `p2c` mirrors `tower::balance::p2c`, and
+//! lets a retry avoid the endpoints its request already tried — over
 //! `tower::load::PeakEwma`, completing a request's latency sample at its response head).
 //! Around that:
 //!
 //! ```text
 //! Balancer (cloneable handle) ─▶ Buffer (bounded queue, one worker task per destination)
 //!   ─▶ FailFast (no ready endpoint within the timeout, or no such name ⇒ 503 at once)
-//!   ─▶ p2c::Balance ─▶ PeakEwma ─▶ FailureAccrual (eject after N consecutive failures)
+//!   ─▶ P2c ─▶ PeakEwma ─▶ FailureAccrual (eject after N consecutive failures)
 //!   ─▶ the endpoint's service (its HTTP client)
 //! ```
 //!
@@ -20,6 +21,7 @@
 mod accrual;
 pub mod discover;
 mod failfast;
+mod p2c;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +29,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::sync::watch;
-use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower_service::Service;
@@ -37,6 +38,7 @@ pub use self::discover::{
     EndpointEntry, EndpointState, EndpointView, Endpoints, ResolutionDiscover, Summary,
 };
 pub use self::failfast::{BoxResponse, FailFast, Unavailable};
+pub use self::p2c::{P2c, Tried};
 use crate::BoxError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::resolve::Resolution;
@@ -123,7 +125,7 @@ impl Balancer {
             config.decay,
             CompleteOnResponse::default(),
         );
-        let balance = Balance::new(discover);
+        let balance = P2c::new(discover);
         let failfast = FailFast::new(balance, config.fail_fast, dst.clone(), endpoints.clone());
         Self {
             dst,

@@ -204,7 +204,9 @@ where
     if req.method() == Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
         return attempt(&mut inner, policy, req).await;
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Shared by every attempt's clone: a balancer sends a retry elsewhere while it can.
+    parts.extensions.insert(crate::balance::Tried::default());
     let grpc = crate::classify::is_grpc(&parts.headers);
     let replay =
         (!http_body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, retry.replay_limit));
