@@ -138,7 +138,12 @@ async fn calls(prometheus: PrometheusHandle) -> anyhow::Result<Report> {
     if res.status() != http::StatusCode::OK {
         bail!("GET / answered {}", res.status());
     }
-    let body = res.into_body().collect().await?.to_bytes();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .to_bytes();
     let http = String::from_utf8_lossy(&body).trim_end().to_owned();
 
     // gRPC over h2c: tonic's client over the same stack. Tonic sends its own body type;

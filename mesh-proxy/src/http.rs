@@ -195,12 +195,12 @@ pin_project! {
 
 impl Body for ServerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = mesh_core::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, mesh_core::BoxError>>> {
         self.project().inner.poll_frame(cx)
     }
 

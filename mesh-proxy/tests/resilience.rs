@@ -341,6 +341,52 @@ async fn timeouts_fire_at_their_deadline() {
 }
 
 #[tokio::test]
+async fn the_total_timeout_covers_the_body_and_the_response_timeout_the_head() {
+    let app = App::spawn().await;
+    let p = sidecar(
+        &[app.addr()],
+        "timeout = \"400ms\"\nresponse_timeout = \"200ms\"",
+    )
+    .await;
+    // The head within the response timeout, then a body that stalls: it fails at the total
+    // deadline instead of looking complete.
+    let mut c = h1(p.outbound).await;
+    let res = c
+        .send_request(
+            http::Request::get("/stall")
+                .header("host", "world")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .expect("head");
+    assert_eq!(res.status(), 200);
+    let t0 = Instant::now();
+    let body = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::BodyExt::collect(res.into_body()),
+    )
+    .await
+    .expect("the body ends at the deadline");
+    assert!(body.is_err(), "a stalled body must not look complete");
+    assert!(
+        t0.elapsed() <= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // No head within the response timeout: 504 at 200 ms, not at the total 400 ms.
+    let mut c = h1(p.outbound).await;
+    let t0 = Instant::now();
+    let (status, _, err) = call(&mut c, "GET", "/hang", &[], Bytes::new()).await;
+    let took = t0.elapsed();
+    assert_eq!(status, 504, "{err}");
+    assert!(
+        took >= Duration::from_millis(180) && took <= Duration::from_millis(350),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_per_try_timeout_moves_on_to_a_healthy_endpoint() {
     // One endpoint accepts connections and never answers; the other is healthy.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -431,6 +477,7 @@ async fn bad_policies_are_refused_at_load() {
         (r#"retries = { methods = ["CONNECT"] }"#, "CONNECT"),
         ("timeout = \"0s\"", "greater than zero"),
         ("timeout = \"1s\"\nper_try_timeout = \"2s\"", "longer than"),
+        ("timeout = \"1s\"\nresponse_timeout = \"2s\"", "longer than"),
         (
             "[[routers.r.service.\"/svc/world\".routes]]\nfault = { abort = { status = 200, percent = 10 } }",
             "status",

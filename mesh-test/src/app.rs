@@ -309,6 +309,15 @@ impl App {
                 );
                 res
             }
+            // A response head, then a body that never sends a byte nor ends.
+            "/stall" => {
+                let stalled = futures_util::stream::pending::<
+                    Result<http_body::Frame<Bytes>, tonic::Status>,
+                >();
+                Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(
+                    stalled,
+                )))
+            }
             // A gRPC trailers-only response with `?code=N`.
             "/grpc-status" => {
                 let code = query_f64(&req, "code").unwrap_or(0.0);

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::BoxError;
 use crate::client::UpstreamBody;
 
 pin_project! {
@@ -26,9 +27,10 @@ pin_project! {
     enum Kind {
         Upstream { #[pin] body: UpstreamBody },
         Local { data: Option<Bytes> },
-        // A gRPC response under a deadline: at the deadline the stream ends with
-        // DEADLINE_EXCEEDED trailers instead of waiting on the upstream.
-        GrpcDeadline { body: Pin<Box<ProxyBody>>, deadline: Pin<Box<tokio::time::Sleep>>, done: bool },
+        // A response under a deadline: at the deadline a gRPC stream ends with
+        // DEADLINE_EXCEEDED trailers, any other body fails (the server resets the stream or
+        // closes the connection, so the client never takes it for a complete answer).
+        Deadline { body: Pin<Box<ProxyBody>>, deadline: Pin<Box<tokio::time::Sleep>>, expired: Option<crate::errors::ResponseTimeout>, grpc: bool, done: bool },
     }
 }
 
@@ -55,14 +57,22 @@ impl ProxyBody {
         }
     }
 
-    /// A gRPC response body that ends with `grpc-status: 4` (DEADLINE_EXCEEDED) trailers at
-    /// `deadline` if the upstream has not ended it by then (a `grpc-timeout` covers the whole
-    /// call, streams included).
-    pub fn grpc_deadline(body: ProxyBody, deadline: tokio::time::Instant) -> Self {
+    /// The body under a request's total deadline: if the upstream has not ended it by
+    /// `deadline`, a gRPC body (`grpc`) ends with `grpc-status: 4` (DEADLINE_EXCEEDED)
+    /// trailers and any other body fails with `expired` (a total timeout covers the whole
+    /// exchange, streams included).
+    pub fn with_deadline(
+        body: ProxyBody,
+        deadline: tokio::time::Instant,
+        grpc: bool,
+        expired: crate::errors::ResponseTimeout,
+    ) -> Self {
         Self {
-            kind: Kind::GrpcDeadline {
+            kind: Kind::Deadline {
                 body: Box::pin(body),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                expired: Some(expired),
+                grpc,
                 done: false,
             },
         }
@@ -84,18 +94,20 @@ impl Default for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Upstream { body } => body.poll_frame(cx),
-            KindProj::GrpcDeadline {
+            KindProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Deadline {
                 body,
                 deadline,
+                expired,
+                grpc,
                 done,
             } => {
                 if *done {
@@ -107,6 +119,13 @@ impl Body for ProxyBody {
                 }
                 match deadline.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) if !*grpc => {
+                        *done = true;
+                        let e = expired
+                            .take()
+                            .map_or_else(|| "deadline".into(), BoxError::from);
+                        Poll::Ready(Some(Err(e)))
+                    }
                     Poll::Ready(()) => {
                         *done = true;
                         let mut trailers = http::HeaderMap::new();
@@ -126,7 +145,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Local { data } => data.is_none(),
             Kind::Upstream { body } => body.is_end_stream(),
-            Kind::GrpcDeadline { body, done, .. } => *done || body.is_end_stream(),
+            Kind::Deadline { body, done, .. } => *done || body.is_end_stream(),
         }
     }
 
@@ -136,7 +155,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Upstream { body } => body.size_hint(),
-            Kind::GrpcDeadline { .. } => SizeHint::default(),
+            Kind::Deadline { body, .. } => body.size_hint(),
         }
     }
 }

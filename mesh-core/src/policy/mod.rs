@@ -6,8 +6,11 @@
 //! order of the policy's promises:
 //!
 //! 1. **fault** — an injected delay, then an injected abort answered at once (never retried);
-//! 2. **total timeout** — the route's `timeout`, lowered by an incoming `grpc-timeout`; on
-//!    expiry 504 (gRPC `DEADLINE_EXCEEDED`) naming the destination;
+//! 2. **timeouts** — the total `timeout` (lowered by an incoming `grpc-timeout`) covers the
+//!    whole exchange: before the response head, expiry is a 504 (gRPC `DEADLINE_EXCEEDED`)
+//!    naming the destination; after it, a gRPC stream ends with DEADLINE_EXCEEDED trailers
+//!    and any other body fails (the client sees the stream reset, never a short answer
+//!    taken for whole). `response_timeout` bounds the head alone, across attempts;
 //! 3. **attempts** — each with the per-try timeout; a failure the policy names is tried again
 //!    after a jittered exponential backoff while attempts and the budget last. The request
 //!    body streams to the first attempt while [`ReplayBody`] keeps up to the replay limit;
@@ -48,8 +51,10 @@ pub const FAULT_INJECTED_TOTAL: &str = "mesh_fault_injected_total";
 pub struct RequestPolicy {
     /// The logical destination (the `dst` label, and the name in errors).
     pub dst: Arc<str>,
-    /// The whole request, across attempts.
+    /// The whole exchange, across attempts, the response body included.
     pub timeout: Option<Duration>,
+    /// The response head, across attempts.
+    pub response_timeout: Option<Duration>,
     /// Each attempt, to its response head.
     pub per_try_timeout: Option<Duration>,
     /// Retries; none: one attempt.
@@ -118,18 +123,30 @@ where
     let grpc = crate::classify::is_grpc(req.headers());
     // The deadline runs from the request's arrival: an injected delay counts against it.
     let deadline = total.map(|d| (tokio::time::Instant::now() + d, d));
+    // The head's deadline: the total one, or the response timeout if that comes first.
+    let head = match (deadline, policy.response_timeout) {
+        (Some((at, _)), Some(r)) if tokio::time::Instant::now() + r < at => {
+            Some((tokio::time::Instant::now() + r, r))
+        }
+        (Some(total), _) => Some(total),
+        (None, Some(r)) => Some((tokio::time::Instant::now() + r, r)),
+        (None, None) => None,
+    };
     let answer = faulted(inner, &policy, req);
-    let res = match deadline {
+    let res = match head {
         None => answer.await?,
         Some((at, d)) => match tokio::time::timeout_at(at, answer).await {
             Ok(r) => r?,
             Err(_) => return Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
         },
     };
-    // A gRPC call's deadline covers its whole stream, not only the response head.
+    // The total deadline covers the whole exchange, the response body included.
     Ok(match deadline {
-        Some((at, _)) if grpc => res.map(|body| ProxyBody::grpc_deadline(body, at)),
-        _ => res,
+        Some((at, d)) => res.map(|body| {
+            let expired = ResponseTimeout::for_dst(policy.dst.clone(), d);
+            ProxyBody::with_deadline(body, at, grpc, expired)
+        }),
+        None => res,
     })
 }
 

@@ -14,9 +14,13 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ServiceConfig {
-    /// The whole request, across retries. Default: none (the listener's response timeout).
+    /// The whole exchange, across retries, the response body included. Default: none.
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// The response head, across retries. Default: none (the listener's
+    /// `limits.response_timeout` stays the outer cap).
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
     /// Each attempt, to its response head. Default: none.
     #[serde(with = "humantime_serde")]
     pub per_try_timeout: Option<Duration>,
@@ -122,6 +126,9 @@ pub struct RouteConfig {
     /// Replaces the service's total timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Replaces the service's response-head timeout.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
     /// Replaces the service's per-try timeout.
     #[serde(with = "humantime_serde")]
     pub per_try_timeout: Option<Duration>,

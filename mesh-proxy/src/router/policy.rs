@@ -42,6 +42,7 @@ impl ServicePolicies {
             let prefix = Path::read(key).map_err(|e| fail(format!("not a path: {e}")))?;
             let dst: Arc<str> = key.as_str().into();
             check_timeouts(svc.timeout, svc.per_try_timeout).map_err(fail)?;
+            check_timeouts(svc.timeout, svc.response_timeout).map_err(fail)?;
             // One budget per service, shared by its routes, whichever of them retries.
             let route_retries = svc.routes.iter().any(|r| r.retries.is_some());
             let budget = match &svc.retries {
@@ -56,6 +57,7 @@ impl ServicePolicies {
             let default = Arc::new(RequestPolicy {
                 dst: dst.clone(),
                 timeout: svc.timeout,
+                response_timeout: svc.response_timeout,
                 per_try_timeout: svc.per_try_timeout,
                 retry: retry.clone(),
                 fault: None,
@@ -129,9 +131,14 @@ fn compile_route(
         route.timeout.or(svc.timeout),
         route.per_try_timeout.or(svc.per_try_timeout),
     )?;
+    check_timeouts(
+        route.timeout.or(svc.timeout),
+        route.response_timeout.or(svc.response_timeout),
+    )?;
     let policy = RequestPolicy {
         dst: dst.clone(),
         timeout: route.timeout.or(svc.timeout),
+        response_timeout: route.response_timeout.or(svc.response_timeout),
         per_try_timeout: route.per_try_timeout.or(svc.per_try_timeout),
         retry,
         fault,
@@ -155,7 +162,7 @@ fn check_timeouts(total: Option<Duration>, per_try: Option<Duration>) -> Result<
         && p > t
     {
         return Err(format!(
-            "per_try_timeout ({p:?}) is longer than the total timeout ({t:?})"
+            "a per-try or response timeout ({p:?}) is longer than the total timeout ({t:?})"
         ));
     }
     Ok(())
