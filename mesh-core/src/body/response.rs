@@ -61,16 +61,19 @@ impl ProxyBody {
     /// `deadline`, a gRPC body (`grpc`) ends with `grpc-status: 4` (DEADLINE_EXCEEDED)
     /// trailers and any other body fails with `expired` (a total timeout covers the whole
     /// exchange, streams included).
+    ///
+    /// `deadline` is the timer the caller already armed for the response head: the body
+    /// takes it over rather than arming another.
     pub fn with_deadline(
         body: ProxyBody,
-        deadline: tokio::time::Instant,
+        deadline: Pin<Box<tokio::time::Sleep>>,
         grpc: bool,
         expired: crate::errors::ResponseTimeout,
     ) -> Self {
         Self {
             kind: Kind::Deadline {
                 body: Box::pin(body),
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                deadline,
                 expired: Some(expired),
                 grpc,
                 done: false,

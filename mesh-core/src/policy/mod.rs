@@ -123,30 +123,38 @@ where
     let grpc = crate::classify::is_grpc(req.headers());
     // The deadline runs from the request's arrival: an injected delay counts against it.
     let deadline = total.map(|d| (tokio::time::Instant::now() + d, d));
-    // The head's deadline: the total one, or the response timeout if that comes first.
-    let head = match (deadline, policy.response_timeout) {
-        (Some((at, _)), Some(r)) if tokio::time::Instant::now() + r < at => {
-            Some((tokio::time::Instant::now() + r, r))
-        }
-        (Some(total), _) => Some(total),
-        (None, Some(r)) => Some((tokio::time::Instant::now() + r, r)),
-        (None, None) => None,
-    };
+    // One timer for the total deadline: it bounds the head (unless the response timeout
+    // comes first) and then goes with the response body.
+    let mut total_timer = deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at)));
+    let head_limit = policy
+        .response_timeout
+        .map(|r| (tokio::time::Instant::now() + r, r))
+        .filter(|(at, _)| deadline.is_none_or(|(total, _)| *at < total));
     let answer = faulted(inner, &policy, req);
-    let res = match head {
-        None => answer.await?,
-        Some((at, d)) => match tokio::time::timeout_at(at, answer).await {
+    let res = match (head_limit, total_timer.as_mut(), deadline) {
+        (Some((at, d)), _, _) => match tokio::time::timeout_at(at, answer).await {
             Ok(r) => r?,
             Err(_) => return Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into()),
         },
+        (None, Some(timer), Some((_, d))) => {
+            tokio::pin!(answer);
+            tokio::select! {
+                biased;
+                r = &mut answer => r?,
+                () = timer.as_mut() => {
+                    return Err(ResponseTimeout::for_dst(policy.dst.clone(), d).into());
+                }
+            }
+        }
+        _ => answer.await?,
     };
     // The total deadline covers the whole exchange, the response body included.
-    Ok(match deadline {
-        Some((at, d)) => res.map(|body| {
+    Ok(match (total_timer, deadline) {
+        (Some(timer), Some((_, d))) => res.map(|body| {
             let expired = ResponseTimeout::for_dst(policy.dst.clone(), d);
-            ProxyBody::with_deadline(body, at, grpc, expired)
+            ProxyBody::with_deadline(body, timer, grpc, expired)
         }),
-        None => res,
+        _ => res,
     })
 }
 
