@@ -379,8 +379,8 @@ impl Targets {
 
 /// The route stage for a connection whose logical destination is fixed (its original
 /// destination or the listener's target): every request goes to the one concrete
-/// destination chosen when the connection was accepted. Dtab routing replaces this stage
-/// with one that names the destination per request.
+/// destination chosen when the connection was accepted. A listener with a router uses
+/// `router::RouterStack` instead, which names the destination per request.
 #[derive(Clone, Debug)]
 pub(crate) struct FixedRoute {
     pub(crate) concrete: ConcreteStack,

@@ -3,8 +3,8 @@
 //!
 //! Namers are shared by the whole process and referenced as `/#/<name>/…` (Linkerd 1's
 //! form): `outbound.target = "/#/fs/hello"` sends the listener's traffic to the balancer over
-//! the endpoints the `fs` namer binds `hello` to. The routers of the dtab wave reference the
-//! same namers from their dtabs.
+//! the endpoints the `fs` namer binds `hello` to. The routers (`[routers.<name>]`) reference
+//! the same namers from their dtabs.
 
 use std::collections::BTreeMap;
 use std::fmt;
