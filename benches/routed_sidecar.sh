@@ -11,6 +11,7 @@
 # rewrites that name twice before `/$/inet` binds it, as a small real dtab would.
 #
 # Usage: benches/routed_sidecar.sh PORT BACKEND_PORT WORKDIR  (stays in the foreground)
+# MESH_EXTRA_TOML, if set, is appended to the configuration (benches/retrying_sidecar.sh).
 set -euo pipefail
 port=$1 backend=$2 work=$3
 bin=${MESH_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/examples}
@@ -26,6 +27,7 @@ dtab = """
 /svc      => /host/$backend;
 /svc/bench => /svc;
 """
+${MESH_EXTRA_TOML:-}
 TOML
 exec "$bin/sidecar" --config "$work/routed.toml" \
     --outbound-listen "127.0.0.1:$port" \

@@ -177,28 +177,8 @@ impl Config {
         self.check_listeners()?;
         self.check_identity()?;
         self.check_namers()?;
-        self.check_routers()
+        super::routers::check_routers(self)
     }
-
-    /// Each router, and the router `[outbound]` names.
-    fn check_routers(&self) -> Result<(), Invalid> {
-        for (name, router) in &self.routers {
-            router
-                .check()
-                .map_err(|reason| ("routers", format!("\"{name}\""), reason))?;
-        }
-        if let Some(name) = &self.outbound.router
-            && !self.routers.contains_key(name)
-        {
-            return Err((
-                "outbound.router",
-                format!("\"{name}\""),
-                format!("no [routers.{name}] section"),
-            ));
-        }
-        Ok(())
-    }
-
     /// Namer names, and the namer a bound outbound target names.
     fn check_namers(&self) -> Result<(), Invalid> {
         for (name, namer) in &self.namers {
@@ -358,7 +338,7 @@ impl Config {
 
 /// A value types alone cannot rule out: its dotted key, the value as shown in the error
 /// when the file does not set it, and the reason.
-type Invalid = (&'static str, String, String);
+pub(super) type Invalid = (&'static str, String, String);
 
 impl Limits {
     fn check(&self) -> Result<(), Invalid> {

@@ -304,3 +304,23 @@ impl<'de> Deserialize<'de> for TrustedSource {
         text.parse().map_err(de::Error::custom)
     }
 }
+
+/// Each router of `config`, and the router `[outbound]` names: the key, value and reason of
+/// the first problem.
+pub(super) fn check_routers(config: &super::Config) -> Result<(), super::load::Invalid> {
+    for (name, router) in &config.routers {
+        router
+            .check()
+            .map_err(|reason| ("routers", format!("\"{name}\""), reason))?;
+    }
+    if let Some(name) = &config.outbound.router
+        && !config.routers.contains_key(name)
+    {
+        return Err((
+            "outbound.router",
+            format!("\"{name}\""),
+            format!("no [routers.{name}] section"),
+        ));
+    }
+    Ok(())
+}

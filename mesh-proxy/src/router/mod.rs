@@ -190,19 +190,20 @@ impl Router {
         !unchanged
     }
 
-    /// Whether a client at `client`, verified as a mesh peer or not, may extend the dtab.
-    pub(crate) fn trusts(&self, client: SocketAddr, mesh_peer: bool) -> bool {
-        self.settings
-            .load()
-            .trusted
-            .iter()
-            .any(|t| t.admits(client.ip(), mesh_peer))
-    }
-
     /// Where one request goes: its logical target (for metrics and errors) and the concrete
     /// stack that serves it, or the error that answers it.
-    pub(crate) fn route<B>(&self, req: &mut Request<B>, trusted: bool) -> Routed {
+    pub(crate) fn route<B>(
+        &self,
+        req: &mut Request<B>,
+        client: SocketAddr,
+        mesh_peer: bool,
+    ) -> Routed {
         let settings = self.settings.load();
+        // May this client extend the dtab (`l5d-dtab`, `l5d-ctx-dtab`)?
+        let trusted = settings
+            .trusted
+            .iter()
+            .any(|t| t.admits(client.ip(), mesh_peer));
         let local = match context::take_local_dtab(req.headers_mut(), trusted) {
             Ok(local) => local,
             Err(e) => return Routed::failed(&self.unknown, bad_request(e)),

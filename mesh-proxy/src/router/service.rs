@@ -73,12 +73,11 @@ impl Service<Request<RequestBody>> for RouterStack {
     }
 
     fn call(&mut self, mut req: Request<RequestBody>) -> Self::Future {
-        let trusted = self.router.trusts(self.client, self.mesh_peer);
         let super::Routed {
             logical,
             concrete,
             policy,
-        } = self.router.route(&mut req, trusted);
+        } = self.router.route(&mut req, self.client, self.mesh_peer);
         let dst = logical.logical.text().clone();
         let mut stack = ServiceBuilder::new()
             .layer(RecordHttpLayer::new(logical.http()))
