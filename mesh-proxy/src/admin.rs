@@ -25,6 +25,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use mesh_core::body::ReplayMemory;
+use mesh_core::policy::RETRY_REPLAY_BYTES;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -81,6 +83,8 @@ pub(crate) struct AdminState {
     pub(crate) shutdown: Shutdown,
     /// The listeners, whose balancers `/endpoints.json` describes.
     pub(crate) listeners: Vec<Arc<ListenerCtx>>,
+    /// The retry replay allowance, whose use `/metrics` samples.
+    pub(crate) replay_memory: ReplayMemory,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -128,6 +132,8 @@ async fn route(
     match (path.as_str(), &method) {
         ("/metrics", &Method::GET) => match &state.prometheus {
             Some(p) => {
+                let used = state.replay_memory.used();
+                metrics::gauge!(RETRY_REPLAY_BYTES).set(used as f64);
                 p.run_upkeep();
                 typed(StatusCode::OK, "text/plain; version=0.0.4", p.render())
             }
@@ -258,6 +264,7 @@ mod tests {
             prometheus: None,
             log: None,
             shutdown: Shutdown::default(),
+            replay_memory: ReplayMemory::new(1024),
         }
     }
 

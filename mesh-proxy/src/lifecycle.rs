@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_core::body::ReplayMemory;
 use mesh_core::client::ClientConfig;
 use mesh_core::connect::{ConnectTimeoutDuration, TcpConnect};
 use mesh_core::detect::DetectConfig;
@@ -275,6 +276,10 @@ impl Proxy {
             ..DetectConfig::default()
         };
         let cap = cfg.limits.connection_cap();
+        // One allowance for every router's retry buffers, kept across reloads.
+        let replay_memory = ReplayMemory::new(
+            usize::try_from(cfg.limits.replay_memory.as_u64()).unwrap_or(usize::MAX),
+        );
         // One budget for both listeners: together they must stay below the fd limit.
         let conns = Arc::new(Semaphore::new(cap));
         let make_ctx = |direction: Direction,
@@ -329,6 +334,7 @@ impl Proxy {
                         namers.clone(),
                         inet_resolver(),
                         targets.clone(),
+                        replay_memory.clone(),
                     ))
                 });
             listeners.push((
@@ -401,6 +407,7 @@ impl Proxy {
                 prometheus: self.prometheus,
                 log: self.log,
                 shutdown: self.shutdown.clone(),
+                replay_memory,
             },
             shutdown: self.shutdown,
         })

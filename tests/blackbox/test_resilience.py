@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -396,6 +397,48 @@ class Retries(ResilienceCase):
         self.assertEqual((r.status, r.headers.get("l5d-retry-count")), (200, "0"), r)
         print("\n  POST: the 503 reaches the client by default (1 attempt); with methods = [\"POST\"] retried once, "
               "same 4 KiB body on both attempts; l5d-retry-count only with report_count (1 after a retry, 0 without)",
+              flush=True)
+
+
+    def test_bodies_beyond_the_process_replay_memory_are_sent_once(self) -> None:
+        up = self.upstream("up")
+        service = 'retries = { on = ["5xx"], methods = ["POST"], backoff = { min = "1ms", max = "2ms" } }'
+        config = world_config(service, [up], self.dir) + '[limits]\nreplay_memory = "64KiB"\n'
+        sidecar = self.start_sidecar(config_text=config)
+        kept = lambda: self.metric(sidecar, "mesh_retry_replay_bytes")  # noqa: E731
+        # A client sends 60,000 of the 65,000 bytes it announced, then pauses: the proxy keeps
+        # what it has read, for a retry, out of the process's 64 KiB.
+        held = socket.create_connection((LOOPBACK, sidecar.outbound_port), timeout=10)
+        self.addCleanup(held.close)
+        upload = os.urandom(65000)
+        held.sendall(b"POST /fail_first?key=held HTTP/1.1\r\nHost: world\r\n"
+                     b"Content-Type: application/octet-stream\r\nContent-Length: 65000\r\n\r\n" + upload[:60000])
+        self.assertTrue(wait_until(lambda: kept() >= 60000, 5), f"kept {kept()} bytes" + self.diag(sidecar))
+        # Another POST finds 5.5 KiB left for its 10 KB: forwarded once, its failure not retried.
+        c = self.client(sidecar)
+        small = os.urandom(10000)
+        r = c.send("/fail_first?key=small-1", "POST", {"Content-Type": "application/octet-stream"}, small)
+        self.assertEqual(r.status, 503, f"{r}" + self.diag(sidecar))
+        # (the upstream counts a request once it has its whole body: the held one is not yet in)
+        self.assertEqual(up.count("/fail_first"), 1, "one attempt of the small POST")
+        self.assertEqual(self.retries(sidecar), 0)
+        # The held upload completes: its body was kept whole, so its failure is retried.
+        held.sendall(upload[60000:])
+        reply = held.makefile("rb")
+        status_line = reply.readline()
+        self.assertIn(b" 200 ", status_line, status_line)
+        self.assertEqual(self.retries(sidecar), 1)
+        self.assertEqual(up.count("/fail_first"), 3)
+        digests = up.stats()["bodies"]["/fail_first"]
+        want = hashlib.sha256(upload).hexdigest()
+        self.assertEqual(digests.count(want), 2, "both attempts of the held upload carried its 65,000 bytes")
+        # Its buffer went back when it ended: the next small POST is retried.
+        self.assertTrue(wait_until(lambda: kept() == 0, 5), f"still kept {kept()} bytes")
+        r = c.send("/fail_first?key=small-2", "POST", {"Content-Type": "application/octet-stream"}, small)
+        self.assertEqual(r.status, 200, f"{r}" + self.diag(sidecar))
+        self.assertEqual(self.retries(sidecar), 2)
+        print("\n  replay memory 64 KiB: a held 60,000-byte upload kept; a 10 KB POST alongside it sent once "
+              "(503 reached the client); the upload retried whole; afterwards the 10 KB POST retried (200)",
               flush=True)
 
 

@@ -10,16 +10,19 @@
 //!   allocation per request.
 //!
 //! - [`ReplayBody`]: a request body that can be sent again (retries), replaying a bounded
-//!   buffer of what it read while it streamed.
+//!   buffer of what it read while it streamed; [`ReplayMemory`] bounds what all such
+//!   buffers of a process hold together.
 //!
 //! The pool's hook that returns an HTTP/1 connection when its response ends lives with the
 //! pool ([`crate::client`]), which this module only wraps.
 
 mod replay;
+mod replay_memory;
 mod request;
 mod response;
 
 pub use self::replay::{NotReplayable, ReplayBody};
+pub use self::replay_memory::ReplayMemory;
 
 pub(crate) use self::request::HoldSignal;
 pub use self::request::{BodyEnd, RequestBody, RequestBodyError};

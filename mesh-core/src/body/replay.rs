@@ -6,7 +6,9 @@
 //! buffering, and a retry ([`ReplayBody::try_clone`]) first replays the buffer, then goes on
 //! reading the incoming body where the previous attempt stopped. A body larger than the
 //! buffer cannot be replayed: once more than `cap` bytes have been read, `try_clone` says no
-//! and the request is not retried (DESIGN.md §5: 64 KiB by default).
+//! and the request is not retried (DESIGN.md §5: 64 KiB by default). Built
+//! [`with_memory`](ReplayBody::with_memory), the buffer also draws on a process-wide
+//! [`ReplayMemory`]: when that is spent, the body gives up its buffer the same way.
 //!
 //! The incoming body is read by one attempt at a time; an attempt that finds it being read,
 //! or still waiting for the client, is woken when it moves. A body that failed under one
@@ -34,7 +36,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use super::{RequestBody, RequestBodyError};
+use super::{ReplayMemory, RequestBody, RequestBodyError};
 use crate::BoxError;
 
 /// A request body shared by the attempts of one request; see the module docs.
@@ -58,7 +60,11 @@ struct Shared {
     /// Bytes read from the incoming body so far.
     read: usize,
     cap: usize,
-    /// More than `cap` bytes were read: no further attempt can be made.
+    /// The process-wide allowance `buf` draws on, if any.
+    memory: Option<ReplayMemory>,
+    /// Bytes of `memory` that `buf` holds.
+    reserved: usize,
+    /// More than `cap` bytes were read, or `memory` ran out: no further attempt can be made.
     overflowed: bool,
     trailers: Option<HeaderMap>,
     /// The incoming body has ended.
@@ -69,9 +75,54 @@ struct Shared {
     waiting: Vec<Waker>,
 }
 
+impl Shared {
+    /// Keeps `data` for replay, unless that goes past the cap or the process's allowance:
+    /// then the buffer is given up (and its allowance returned) for good.
+    fn keep(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        let fits = self.read <= self.cap
+            && self
+                .memory
+                .as_ref()
+                .is_none_or(|m| m.try_reserve(data.len()));
+        if fits {
+            self.reserved += data.len();
+            self.buf.push(data.clone());
+        } else {
+            self.overflowed = true;
+            self.buf = Vec::new();
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(m) = &self.memory {
+            m.release(std::mem::take(&mut self.reserved));
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl ReplayBody {
     /// Wraps `body`, keeping up to `cap` bytes of it for replay.
     pub fn new(body: RequestBody, cap: usize) -> Self {
+        Self::build(body, cap, None)
+    }
+
+    /// Wraps `body`, keeping up to `cap` bytes of it for replay while `memory` has room for
+    /// them; the bytes kept are returned to `memory` when the body is dropped.
+    pub fn with_memory(body: RequestBody, cap: usize, memory: ReplayMemory) -> Self {
+        Self::build(body, cap, Some(memory))
+    }
+
+    fn build(body: RequestBody, cap: usize, memory: Option<ReplayMemory>) -> Self {
         let size_hint = body.size_hint();
         let ended = body.is_end_stream();
         Self {
@@ -80,6 +131,8 @@ impl ReplayBody {
                 buf: Vec::new(),
                 read: 0,
                 cap,
+                memory,
+                reserved: 0,
                 overflowed: false,
                 trailers: None,
                 ended,
@@ -184,12 +237,7 @@ impl Body for ReplayBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     shared.read = shared.read.saturating_add(data.len());
-                    if shared.read > shared.cap {
-                        shared.overflowed = true;
-                        shared.buf = Vec::new();
-                    } else if !shared.overflowed {
-                        shared.buf.push(data.clone());
-                    }
+                    shared.keep(data);
                     this.seen = shared.read;
                     this.replayed = shared.buf.len();
                 } else if let Some(t) = frame.trailers_ref() {
@@ -259,19 +307,50 @@ mod tests {
     async fn a_body_over_the_cap_is_not_replayed() {
         let first = ReplayBody::new(chunks(&["0123456789", "0123456789"]), 15);
         assert!(first.is_replayable());
-        let bytes = first
-            .try_clone()
-            .expect("clone")
-            .collect()
-            .await
-            .expect("body");
         assert_eq!(
-            bytes.to_bytes().len(),
+            sent(&first).await.len(),
             20,
             "the attempt itself is not limited"
         );
         assert!(!first.is_replayable());
         assert!(first.try_clone().is_none());
+    }
+
+    #[tokio::test]
+    async fn bodies_share_the_process_allowance_and_return_it() {
+        let memory = ReplayMemory::new(25);
+        let two = chunks(&["0123456789", "0123456789"]);
+        let first = ReplayBody::with_memory(two, 1024, memory.clone());
+        let second = ReplayBody::with_memory(chunks(&["abcdefghij"]), 1024, memory.clone());
+        assert_eq!(sent(&first).await.len(), 20);
+        assert!(first.is_replayable(), "20 of 25 bytes: kept");
+        assert_eq!(memory.used(), 20);
+        // Only 5 bytes are left: the second body is sent whole but cannot be replayed.
+        assert_eq!(
+            sent(&second).await,
+            "abcdefghij",
+            "the attempt is not limited"
+        );
+        assert!(!second.is_replayable());
+        assert_eq!(
+            memory.used(),
+            20,
+            "a body that gave up its buffer holds nothing"
+        );
+        drop(first);
+        assert_eq!(memory.used(), 0, "a dropped body returns what it held");
+        let third = ReplayBody::with_memory(chunks(&["abcdefghij"]), 1024, memory.clone());
+        assert_eq!(sent(&third).await, "abcdefghij");
+        assert!(
+            third.is_replayable(),
+            "room again once the first was dropped"
+        );
+    }
+
+    /// What one more attempt of `body` sends.
+    async fn sent(body: &ReplayBody) -> Bytes {
+        let attempt = body.try_clone().expect("replayable");
+        attempt.collect().await.expect("body").to_bytes()
     }
 
     #[tokio::test]

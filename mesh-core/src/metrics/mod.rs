@@ -98,6 +98,17 @@ pub fn describe() {
         RESOLVER_ERRORS_TOTAL,
         "Resolutions a namer failed, keeping its last good set."
     );
+    metrics::describe_counter!(crate::policy::RETRY_TOTAL, "Retries, by reason.");
+    metrics::describe_counter!(
+        crate::policy::RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries refused because the retry budget was spent."
+    );
+    metrics::describe_counter!(crate::policy::FAULT_INJECTED_TOTAL, "Injected faults.");
+    metrics::describe_gauge!(
+        crate::policy::RETRY_REPLAY_BYTES,
+        Unit::Bytes,
+        "Bytes all retry replay buffers hold (bounded by limits.replay_memory)."
+    );
     metrics::describe_gauge!(
         IDENTITY_CERT_EXPIRY,
         Unit::Seconds,

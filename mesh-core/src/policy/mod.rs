@@ -45,6 +45,8 @@ pub const RETRY_TOTAL: &str = "mesh_retry_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "mesh_retry_budget_exhausted_total";
 /// Injected faults, by destination and `fault` (`delay`, `abort`).
 pub const FAULT_INJECTED_TOTAL: &str = "mesh_fault_injected_total";
+/// Bytes the retry replay buffers of all requests hold now (sampled when scraped).
+pub const RETRY_REPLAY_BYTES: &str = "mesh_retry_replay_bytes";
 
 /// What applies to one request of a route.
 #[derive(Debug, Default)]
@@ -233,8 +235,10 @@ where
     // Shared by every attempt's clone: a balancer sends a retry elsewhere while it can.
     parts.extensions.insert(crate::balance::Tried::default());
     let grpc = crate::classify::is_grpc(&parts.headers);
-    let replay =
-        (!http_body::Body::is_end_stream(&body)).then(|| ReplayBody::new(body, retry.replay_limit));
+    let replay = (!http_body::Body::is_end_stream(&body)).then(|| match &retry.replay_memory {
+        Some(memory) => ReplayBody::with_memory(body, retry.replay_limit, memory.clone()),
+        None => ReplayBody::new(body, retry.replay_limit),
+    });
     let mut body = replay_body(replay.as_ref()).ok_or(NotReplayable)?;
     let mut n: u32 = 1;
     loop {

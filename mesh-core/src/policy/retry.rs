@@ -91,6 +91,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// The largest request body kept for replay; a larger body is not retried.
     pub replay_limit: usize,
+    /// The allowance that all replay buffers share (the process's, as the proxy builds
+    /// policies); a body that finds it spent is not retried. `None`: only `replay_limit`.
+    pub replay_memory: Option<crate::body::ReplayMemory>,
     /// The service's budget, shared by its routes.
     pub budget: Arc<TpsBudget>,
     /// Tell the client how many retries its response took (`l5d-retry-count`).
@@ -210,6 +213,7 @@ mod tests {
             min_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
             replay_limit: 64 * 1024,
+            replay_memory: None,
             budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
             report_count: false,
         }

@@ -10,7 +10,7 @@ use tower::retry::budget::TpsBudget;
 use tower_test::mock;
 
 use super::*;
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ProxyBody, ReplayMemory, RequestBody};
 
 fn retry(on: &[&str], max_attempts: u32, ratio: f32) -> Arc<RetryPolicy> {
     Arc::new(RetryPolicy {
@@ -20,6 +20,7 @@ fn retry(on: &[&str], max_attempts: u32, ratio: f32) -> Arc<RetryPolicy> {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         replay_limit: 64 * 1024,
+        replay_memory: None,
         budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, ratio)),
         report_count: false,
     })
@@ -89,17 +90,75 @@ async fn attempts_stop_at_the_limit_and_post_is_not_retried() {
     let call = tokio::spawn(Resilient::new(svc, Some(p)).oneshot(post));
     let (_, send) = handle.next_request().await.expect("attempt");
     send.send_response(status(503));
-    // Retried, it would wait on a second attempt nobody answers.
+    assert_eq!(answered_without_a_retry(call, &mut handle).await, 503);
+}
+
+/// The status `call` ends with, checking that no further attempt reached the service (a
+/// retry would wait on a second attempt nobody answers).
+async fn answered_without_a_retry(
+    call: tokio::task::JoinHandle<Result<Response<ProxyBody>, BoxError>>,
+    handle: &mut Handle,
+) -> StatusCode {
     let res = tokio::time::timeout(Duration::from_secs(1), call)
         .await
         .expect("answered without a retry");
-    assert_eq!(res.expect("join").expect("response").status(), 503);
-    // No second attempt arrives.
+    let status = res.expect("join").expect("response").status();
     tokio::time::advance(Duration::from_secs(1)).await;
     assert!(
         !matches!(handle.poll_request(), std::task::Poll::Ready(Some(_))),
-        "no request reached the service"
+        "no second attempt reached the service"
     );
+    status
+}
+
+fn put(body: &'static str) -> Request<RequestBody> {
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()));
+    Request::put("/")
+        .body(RequestBody::from_body(body))
+        .expect("request")
+}
+
+async fn body_of(req: Request<RequestBody>) -> bytes::Bytes {
+    http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_finds_the_replay_memory_spent_is_sent_once() {
+    let memory = ReplayMemory::new(16);
+    let mut r = retry(&["5xx"], 3, 1.0);
+    Arc::get_mut(&mut r).expect("unshared").replay_memory = Some(memory.clone());
+    let p = Arc::new(policy(Some(r)));
+    let (svc, mut handle) = pair();
+
+    // Other requests' buffers hold 10 of the 16 bytes: this 10-byte body is sent, not kept.
+    assert!(memory.try_reserve(10));
+    let call =
+        tokio::spawn(Resilient::new(svc.clone(), Some(p.clone())).oneshot(put("0123456789")));
+    let (req, send) = handle.next_request().await.expect("attempt");
+    assert_eq!(
+        body_of(req).await,
+        "0123456789",
+        "the attempt itself is whole"
+    );
+    send.send_response(status(503));
+    assert_eq!(answered_without_a_retry(call, &mut handle).await, 503);
+    assert_eq!(memory.used(), 10, "the request held nothing once done");
+
+    // With room again, the same request is retried with the same bytes, and gives them back.
+    memory.release(10);
+    let call = tokio::spawn(Resilient::new(svc, Some(p)).oneshot(put("0123456789")));
+    let (req, send) = handle.next_request().await.expect("attempt");
+    assert_eq!(body_of(req).await, "0123456789");
+    assert_eq!(memory.used(), 10, "kept for a retry");
+    send.send_response(status(503));
+    let (req, send) = handle.next_request().await.expect("retry");
+    assert_eq!(body_of(req).await, "0123456789", "replayed");
+    send.send_response(status(200));
+    assert_eq!(call.await.expect("join").expect("response").status(), 200);
+    assert_eq!(memory.used(), 0, "returned when the request ended");
 }
 
 #[tokio::test(start_paused = true)]

@@ -186,6 +186,10 @@ pub struct Limits {
     /// Default: half the open-file limit less a reserve (each proxied connection
     /// uses two descriptors), at most 100000.
     pub max_connections: Option<NonZeroUsize>,
+    /// What the retry replay buffers of all requests may hold together (each request's own
+    /// is bounded by its service's `retries.replay_limit`). A request that finds it spent is
+    /// still forwarded, but not retried. Default: 64 MiB.
+    pub replay_memory: ByteSize,
 }
 
 impl Default for Limits {
@@ -201,6 +205,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(1),
             detect_timeout: Duration::from_secs(1),
             max_connections: None,
+            replay_memory: ByteSize::mib(64),
         }
     }
 }

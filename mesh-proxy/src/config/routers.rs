@@ -69,7 +69,7 @@ impl RouterConfig {
                 self.no_route_status
             ));
         }
-        crate::router::ServicePolicies::build(&self.service)?;
+        crate::router::ServicePolicies::build(&self.service, None)?;
         let prefix = self.identifier.prefix();
         if prefix.len() > MAX_PREFIX_LABELS {
             return Err(format!(

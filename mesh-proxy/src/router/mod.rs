@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 use http::{Request, StatusCode};
 use mesh_core::BoxError;
+use mesh_core::body::ReplayMemory;
 use mesh_core::cache::Cache;
 use mesh_core::dtab::{Dtab, Path, delegate};
 use mesh_core::errors::{GrpcCode, HttpError};
@@ -119,26 +120,30 @@ pub(crate) struct Router {
     unknown: Arc<LogicalTarget>,
     /// How many names have a `dst` label of their own.
     labels: AtomicUsize,
+    /// The process's allowance for retry replay buffers, which every reload's policies share.
+    replay_memory: ReplayMemory,
     /// The service sections in force (to tell whether a reload changes them).
     services: std::sync::Mutex<std::collections::BTreeMap<String, crate::config::ServiceConfig>>,
 }
 
 impl Router {
     /// The router `name` configured by `config`, binding through `namers` (and, for
-    /// `/$/inet` host names, `inet`) into `targets`' stacks.
+    /// `/$/inet` host names, `inet`) into `targets`' stacks; its retries keep request bodies
+    /// within `replay_memory`.
     pub(crate) fn new(
         name: &str,
         config: &RouterConfig,
         namers: Arc<Namers>,
         inet: Option<Arc<DnsNamer>>,
         targets: Arc<Targets>,
+        replay_memory: ReplayMemory,
     ) -> Self {
         let unknown = targets.logical(&Logical::new(Name::Path(UNKNOWN.into())), &Peer::Local);
         let max = NonZeroUsize::new(MAX_TARGETS).unwrap_or(NonZeroUsize::MIN);
         Self {
             name: name.into(),
             placeholder: format!("/router/{name}").into(),
-            settings: ArcSwap::from_pointee(settings(0, config)),
+            settings: ArcSwap::from_pointee(settings(0, config, &replay_memory)),
             next_generation: AtomicU64::new(1),
             binder: ProxyBinder { namers, inet },
             targets,
@@ -146,6 +151,7 @@ impl Router {
             unknown,
             labels: AtomicUsize::new(0),
             services: std::sync::Mutex::new(config.service.clone()),
+            replay_memory,
         }
     }
 
@@ -170,7 +176,7 @@ impl Router {
     pub(crate) fn reload(&self, config: &RouterConfig) -> bool {
         let current = self.settings.load();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let new = settings(generation, config);
+        let new = settings(generation, config, &self.replay_memory);
         // Policies hold live budgets: compared by their configuration.
         let unchanged = new.dtab == current.dtab
             && new.identifier == current.identifier
@@ -343,14 +349,14 @@ impl Router {
     }
 }
 
-fn settings(generation: u64, config: &RouterConfig) -> Settings {
+fn settings(generation: u64, config: &RouterConfig, memory: &ReplayMemory) -> Settings {
     Settings {
         generation,
         identifier: Identifier::new(config.identifier.clone()),
         dtab: config.dtab.0.clone(),
         trusted: config.trusted_sources.clone(),
         no_route: config.no_route_status(),
-        policies: ServicePolicies::build(&config.service).unwrap_or_else(|error| {
+        policies: ServicePolicies::build(&config.service, Some(memory)).unwrap_or_else(|error| {
             // Checked when the configuration was loaded; never reached.
             tracing::error!(%error, "router services not applied");
             ServicePolicies::default()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use mesh_core::body::ReplayMemory;
 use mesh_core::dtab::Path;
 use mesh_core::errors::GrpcCode;
 use mesh_core::policy::{Fault, Percent, RequestPolicy, RetryOn, RetryPolicy};
@@ -34,8 +35,13 @@ struct Match {
 }
 
 impl ServicePolicies {
-    /// Compiles a router's services; the error names the service and what is wrong.
-    pub(crate) fn build(services: &BTreeMap<String, ServiceConfig>) -> Result<Self, String> {
+    /// Compiles a router's services, their replay buffers drawing on `memory` (the
+    /// process's allowance; `None` when only checking); the error names the service and
+    /// what is wrong.
+    pub(crate) fn build(
+        services: &BTreeMap<String, ServiceConfig>,
+        memory: Option<&ReplayMemory>,
+    ) -> Result<Self, String> {
         let mut all = Vec::with_capacity(services.len());
         for (key, svc) in services {
             let fail = |e: String| format!("service {key:?}: {e}");
@@ -51,7 +57,9 @@ impl ServicePolicies {
                 None => None,
             };
             let retry = match (&svc.retries, &budget) {
-                (Some(r), Some(b)) => Some(Arc::new(retry(r, None, b.clone()).map_err(fail)?)),
+                (Some(r), Some(b)) => {
+                    Some(Arc::new(retry(r, None, b.clone(), memory).map_err(fail)?))
+                }
                 _ => None,
             };
             let default = Arc::new(RequestPolicy {
@@ -65,7 +73,8 @@ impl ServicePolicies {
             let mut routes = Vec::with_capacity(svc.routes.len());
             for (i, route) in svc.routes.iter().enumerate() {
                 let fail = |e: String| format!("service {key:?}, route {}: {e}", i + 1);
-                routes.push(compile_route(route, svc, &dst, &budget, &retry).map_err(fail)?);
+                routes
+                    .push(compile_route(route, svc, &dst, &budget, &retry, memory).map_err(fail)?);
             }
             all.push(ServicePolicy {
                 prefix,
@@ -96,6 +105,7 @@ fn compile_route(
     dst: &Arc<str>,
     budget: &Option<Arc<TpsBudget>>,
     service_retry: &Option<Arc<RetryPolicy>>,
+    memory: Option<&ReplayMemory>,
 ) -> Result<(Match, Arc<RequestPolicy>), String> {
     let m = &route.matches;
     let method = m
@@ -123,7 +133,7 @@ fn compile_route(
                 Some(b) => b.clone(),
                 None => self::budget(&base)?,
             };
-            Some(Arc::new(retry(&base, Some(r), b)?))
+            Some(Arc::new(retry(&base, Some(r), b, memory)?))
         }
     };
     let fault = route.fault.as_ref().map(fault).transpose()?;
@@ -197,6 +207,7 @@ fn retry(
     base: &RetriesConfig,
     route: Option<&RouteRetriesConfig>,
     budget: Arc<TpsBudget>,
+    memory: Option<&ReplayMemory>,
 ) -> Result<RetryPolicy, String> {
     let on = route.and_then(|r| r.on.as_ref()).unwrap_or(&base.on);
     let methods = route
@@ -239,6 +250,7 @@ fn retry(
         min_backoff: backoff.min,
         max_backoff: backoff.max,
         replay_limit: replay,
+        replay_memory: memory.cloned(),
         budget,
         report_count: base.report_count,
     })
