@@ -468,7 +468,41 @@ fn admin_delegate(
             tokio::time::timeout(std::time::Duration::from_secs(5), http_get(admin, &target)).await
         })
         .map_err(|_| format!("{admin}: no answer within 5s"))??;
-    serde_json::from_slice(&body).map_err(|e| format!("{admin}{target}: not JSON: {e}"))
+    parse_deep_json(&body).map_err(|e| format!("{admin}{target}: not JSON: {e}"))
+}
+
+/// The deepest JSON nesting meshctl reads. An explanation nests a level or two per
+/// delegation step (at most 100 steps), deeper than serde_json's default limit of 128.
+const MAX_JSON_DEPTH: usize = 1024;
+
+/// Parses JSON nested up to [`MAX_JSON_DEPTH`] levels: deeper input is refused by a scan
+/// before the recursive parser sees it, so a hostile answer cannot exhaust the stack.
+fn parse_deep_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_JSON_DEPTH {
+        return Err(format!(
+            "nested {deepest} levels deep (at most {MAX_JSON_DEPTH})"
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = serde::Deserialize::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
 /// A minimal HTTP/1.1 GET: `Connection: close`, the body read to the end (at most 16 MiB),
@@ -536,5 +570,27 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         }
         out.extend_from_slice(&data[..size]);
         data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn json_deeper_than_serde_default_is_read_up_to_the_limit() {
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(300)).is_err());
+        assert!(parse_deep_json(nested(300).as_bytes()).is_ok());
+        assert!(parse_deep_json(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        let e = parse_deep_json(nested(100_000).as_bytes()).expect_err("too deep");
+        assert!(e.contains("100000 levels"), "{e}");
+        // Brackets inside strings are text, not nesting.
+        let text = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(5000), "{".repeat(5000));
+        assert!(parse_deep_json(text.as_bytes()).is_ok());
+        assert!(parse_deep_json(b"{} trailing").is_err());
     }
 }
