@@ -121,6 +121,32 @@ async fn retries_hide_a_flaky_upstream() {
 }
 
 #[tokio::test]
+async fn a_retry_keeps_the_upstream_connection() {
+    let app = App::spawn().await;
+    let p = sidecar(&[app.addr()], r#"retries = { on = ["5xx"] }"#).await;
+    let mut c = h1(p.outbound).await;
+    for i in 0..20 {
+        let key = format!("keep-{i}");
+        let (status, ..) = call(
+            &mut c,
+            "GET",
+            "/first-fails",
+            &[("x-key", &key)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 200, "retried");
+    }
+    // Each first attempt's 503 carries a short body: read to its end, its connection is
+    // reused by the retry rather than closed (20 retries, not 20 new connections).
+    assert!(
+        app.connections() <= 2,
+        "{} upstream connections",
+        app.connections()
+    );
+}
+
+#[tokio::test]
 async fn a_dead_upstream_gets_no_more_retries_than_the_budget() {
     let app = App::spawn().await;
     let p = sidecar(

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use http::{HeaderMap, Method, Request, Response};
+use http_body::Body as _;
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -282,9 +283,32 @@ where
         };
         metrics::counter!(RETRY_TOTAL, "dst" => policy.dst.to_string(), "reason" => reason)
             .increment(1);
-        drop(result);
+        if let Ok(res) = result {
+            drain_ready(res.into_body());
+        }
         body = next;
         n += 1;
+    }
+}
+
+/// The most of a discarded answer's body [`drain_ready`] reads.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Reads what has already arrived of a failed attempt's response body (at most
+/// [`DRAIN_LIMIT`] bytes, never waiting) before dropping it. An HTTP/1 upstream connection
+/// goes back to the pool only when its response was read to the end; dropping a short error
+/// body unread would close the connection, and every retry would then pay for a new one (and
+/// between meshed proxies, a TLS handshake).
+fn drain_ready(body: ProxyBody) {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut left = DRAIN_LIMIT;
+    while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+        let n = frame.data_ref().map_or(0, bytes::Bytes::len);
+        if n >= left {
+            break;
+        }
+        left -= n;
     }
 }
 
