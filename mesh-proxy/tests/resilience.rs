@@ -25,17 +25,9 @@ async fn sidecar(upstreams: &[SocketAddr], service: &str) -> TestProxy {
         [one] => format!("/svc/world => /$/inet/{}/{}", one.ip(), one.port()),
         _ => "/svc => /#/fs".to_owned(),
     };
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[outbound]
-listen = "127.0.0.1:0"
-router = "r"
-[inbound]
-listen = "127.0.0.1:0"
-target = "127.0.0.1:1"
-[namers.fs]
+    let text = routed_toml("r")
+        + &format!(
+            r#"[namers.fs]
 kind = "file"
 dir = {dir:?}
 [routers.r]
@@ -43,14 +35,14 @@ dtab = "{dtab}"
 {section}
 {service}
 "#,
-        dir = dir.display().to_string(),
-        // No policy at all when none is given.
-        section = if service.is_empty() {
-            ""
-        } else {
-            "[routers.r.service.\"/svc/world\"]"
-        }
-    );
+            dir = dir.display().to_string(),
+            // No policy at all when none is given.
+            section = if service.is_empty() {
+                ""
+            } else {
+                "[routers.r.service.\"/svc/world\"]"
+            }
+        );
     let cfg = Config::from_toml("resilience.toml", &text).expect("config");
     proxy_with_metrics(cfg).await
 }
@@ -524,27 +516,17 @@ async fn bad_policies_are_refused_at_load() {
 #[tokio::test]
 async fn a_tonic_client_sees_unavailable_retried_and_invalid_argument_not() {
     let app = App::spawn().await;
-    let dir = temp_dir("resilience-grpc");
-    let text = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[outbound]
-listen = "127.0.0.1:0"
-router = "r"
-[inbound]
-listen = "127.0.0.1:0"
-target = "127.0.0.1:1"
-[routers.r]
+    let text = routed_toml("r")
+        + &format!(
+            r#"[routers.r]
 identifier = {{ kind = "static", path = "/svc/greeter" }}
 dtab = "/svc/greeter => /$/inet/{ip}/{port}"
 [routers.r.service."/svc/greeter"]
 retries = {{ on = ["unavailable"], max_attempts = 3, backoff = {{ min = "1ms", max = "2ms" }} }}
 "#,
-        ip = app.addr().ip(),
-        port = app.addr().port()
-    );
-    let _ = dir;
+            ip = app.addr().ip(),
+            port = app.addr().port()
+        );
     let p = proxy_with_metrics(Config::from_toml("grpc.toml", &text).expect("config")).await;
     let mut client = mesh_test::grpc::GreeterClient::connect(p.outbound)
         .await

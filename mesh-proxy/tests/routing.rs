@@ -42,17 +42,9 @@ impl Mesh {
 
     /// A sidecar config routing by `Host` with `dtab`, plus `extra` TOML for the router.
     fn config(&self, dtab: &str, extra: &str) -> Config {
-        let text = format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[outbound]
-listen = "127.0.0.1:0"
-router = "default"
-[inbound]
-listen = "127.0.0.1:0"
-target = "127.0.0.1:1"
-[namers.fs]
+        let text = routed_toml("default")
+            + &format!(
+                r#"[namers.fs]
 kind = "file"
 dir = {dir:?}
 [routers.default]
@@ -62,8 +54,8 @@ dtab = """
 """
 {extra}
 "#,
-            dir = self.dir.display().to_string()
-        );
+                dir = self.dir.display().to_string()
+            );
         Config::from_toml("routing.toml", &text).expect("config")
     }
 

@@ -188,6 +188,16 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> 
     }
 }
 
+/// The start of a configuration whose outbound listener routes with `[routers.<router>]`:
+/// admin, outbound and inbound (to nowhere) on `127.0.0.1:0`. The caller appends the rest.
+pub fn routed_toml(router: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [outbound]\nlisten = \"127.0.0.1:0\"\nrouter = \"{router}\"\n\
+         [inbound]\nlisten = \"127.0.0.1:0\"\ntarget = \"127.0.0.1:1\"\n"
+    )
+}
+
 /// A fresh, empty directory under the system's temporary directory, unique to this process
 /// and call (`what` names it for whoever finds it left behind).
 pub fn temp_dir(what: &str) -> std::path::PathBuf {
